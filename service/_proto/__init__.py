@@ -1,0 +1,1 @@
+"""Stubs generated from protos/ by `make proto` (grpcio-tools). Never edit by hand."""
