@@ -1,0 +1,144 @@
+"""Composition root: builds every part of the server from settings and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service._proto import grpc_service_pb2 as kserve_pb2
+from service._proto import grpc_service_pb2_grpc as kserve_grpc
+from service.core.inference import InferenceCore
+from service.core.repository import ModelRepository
+from service.core.runtime import RuntimeOptions, choose_provider
+from service.errors import ServiceError
+from service.grpc.interceptor import ServiceInterceptor
+from service.grpc.kserve import KServeServicer
+from service.metrics import Metrics
+from service.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class InferenceServer:
+    """One server: model repository, shared core, gRPC front ends, health and metrics.
+
+    Construct it inside a running event loop, then `await start()` and `await stop()`.
+    """
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        prometheus_client.disable_created_metrics()  # *_created series only add scrape weight
+        self.metrics = Metrics()
+        self.provider = choose_provider(settings.device)
+        log.info("execution provider: %s (%s)", self.provider.provider, self.provider.reason)
+        options = RuntimeOptions(
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            graph_optimization=settings.graph_optimization,
+        )
+        self.repository = ModelRepository(settings.models, self.provider, options, self.metrics)
+        self.core = InferenceCore(self.repository, self.provider, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.core.readiness_listeners.append(self._model_health)
+        self.interceptor = ServiceInterceptor(self.core, self.metrics)
+
+        limit = settings.max_message_bytes
+        self.grpc_server = grpc.aio.server(
+            interceptors=[self.interceptor],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.core), self.grpc_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            [KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            self.grpc_server,
+        )
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._metrics_http = None
+
+    async def start(self) -> None:
+        """Bind ports, load the startup models, then report SERVING."""
+        await self.health.set("", NOT_SERVING)
+        await self.health.set(KSERVE_SERVICE, NOT_SERVING)
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        self.grpc_port = self.grpc_server.add_insecure_port(address)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC address {address}")
+        self._metrics_http, self.metrics_port = self.metrics.serve_http(
+            self.settings.host, self.settings.metrics_port
+        )
+        await self.grpc_server.start()
+
+        names = self.settings.startup_models
+        if names is None:
+            names = self.repository.available_names()
+        self.core.startup_models = list(names)
+        for name in names:
+            try:
+                await self.core.load(name)
+            except ServiceError as exc:
+                # One broken model must not take the others down: it is reported, not fatal.
+                log.error("model '%s' not served: %s", name, exc.message)
+        self.core.started = True
+        status = SERVING if self.core.server_ready() else NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(KSERVE_SERVICE, status)
+        log.info(
+            "serving: grpc_port=%d metrics_port=%d models=%s ready=%s",
+            self.grpc_port, self.metrics_port, self.repository.ready_names(),
+            self.core.server_ready(),
+            extra={"event": "serving", "grpc_port": self.grpc_port,
+                   "metrics_port": self.metrics_port},
+        )
+
+    async def _model_health(self, name: str, ready: bool) -> None:
+        await self.health.set(name, SERVING if ready else NOT_SERVING)
+        if self.core.started and not self.core.draining:
+            overall = SERVING if self.core.server_ready() else NOT_SERVING
+            await self.health.set("", overall)
+            await self.health.set(KSERVE_SERVICE, overall)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish (up to
+        `grace` seconds), then close the server and the models."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.core.draining = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining: %d call(s) in flight", self.interceptor.active_calls)
+        try:
+            await asyncio.wait_for(self.interceptor.wait_idle(), grace)
+        except TimeoutError:
+            log.warning("grace period over with %d call(s) in flight", self.interceptor.active_calls)
+        await self.grpc_server.stop(0)
+        await self.repository.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then drain and stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("signal received; shutting down")
+        await self.stop()

@@ -1,0 +1,70 @@
+"""Command line: `python -m service serve [flags]` (also installed as `serve`).
+
+Each flag falls back to its ONNXSERVE_* environment variable, then to the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from service.logs import configure_logging
+from service.settings import ServerSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the models of a repository")
+    flags = {
+        "--models": ("models", "model repository directory"),
+        "--host": ("host", "address to bind"),
+        "--grpc-port": ("grpc_port", "gRPC port (0: any free port)"),
+        "--metrics-port": ("metrics_port", "Prometheus metrics port (0: any free port)"),
+        "--device": ("device", "auto, cpu or cuda"),
+        "--intra-op-threads": ("intra_op_threads", "ONNX Runtime intra-op threads (0: auto)"),
+        "--inter-op-threads": ("inter_op_threads", "ONNX Runtime inter-op threads"),
+        "--graph-optimization": ("graph_optimization", "disable, basic, extended or all"),
+        "--max-message-bytes": ("max_message_bytes", "largest gRPC message"),
+        "--shutdown-grace": ("shutdown_grace_s", "seconds in-flight calls get on SIGTERM"),
+        "--log-format": ("log_format", "text or json"),
+        "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR"),
+    }
+    for flag, (dest, help_text) in flags.items():
+        serve.add_argument(flag, dest=dest, default=None, help=help_text)
+    serve.add_argument(
+        "--model", dest="startup_models", action="append", default=None,
+        help="load only this model at start (repeatable; default: all)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command != "serve":
+        _parser().print_help()
+        return 2
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as exc:
+        for err in exc.errors():
+            print(f"serve: setting '{err['loc'][0]}': {err['msg']} (got {err['input']!r})",
+                  file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+
+    from service.app import InferenceServer  # imports onnxruntime: after argument errors
+
+    async def run() -> None:
+        await InferenceServer(settings).run_until_signal()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

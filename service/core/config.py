@@ -1,0 +1,231 @@
+"""Per-model configuration: `models/<name>/config.yaml`, validated at load.
+
+The file declares the task kind, the tensor signature, batching and the task metadata a client
+needs. Tensor shapes follow Triton's convention: when `max_batch_size > 0` the batch axis is
+implicit and not written in `shape`; -1 marks a variable dimension.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.errors import ModelLoadError
+
+CONFIG_FILENAME = "config.yaml"
+
+# Open Inference Protocol datatype -> numpy dtype. BYTES is not served by this runtime (no ONNX
+# model of ours takes strings), so it is absent and refused with a clear message.
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64",
+]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise: refuse them so the error names the field.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskKind(str, enum.Enum):
+    TENSOR = "tensor"  # no task API; tensor API only
+    CLASSIFIER = "classifier"
+    AUTOENCODER = "autoencoder"
+    ENCODER = "encoder"
+    DECODER = "decoder"
+    GENERATOR = "generator"
+    CONDITIONAL_GENERATOR = "conditional_generator"
+    SUPER_RESOLUTION = "super_resolution"
+
+
+class TensorSpec(_Strict):
+    name: str = Field(min_length=1)
+    """Tensor name in the ONNX graph."""
+    datatype: Datatype
+    """Open Inference Protocol datatype (FP32, INT64, ...)."""
+    shape: list[int]
+    """Dimensions without the batch axis when max_batch_size > 0; -1 for a variable one."""
+
+    @model_validator(mode="after")
+    def _dims_valid(self) -> TensorSpec:
+        bad = [d for d in self.shape if d == 0 or d < -1]
+        if bad:
+            raise ValueError(f"shape dims must be positive or -1, got {self.shape}")
+        return self
+
+
+class DynamicBatching(_Strict):
+    enabled: bool = True
+    """Merge concurrent requests into one session run."""
+    max_queue_delay_us: int = Field(default=500, ge=0, le=10_000_000)
+    """Longest a queued request waits for company before its batch runs."""
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    """Batch sizes worth waiting for; warm-up runs each of them."""
+    max_queue_size: int = Field(default=256, ge=1)
+    """Requests allowed to wait; beyond it the server answers RESOURCE_EXHAUSTED at once."""
+
+
+class VersionPolicy(_Strict):
+    """Which versions found on disk are served: exactly one of the three."""
+
+    latest: int | None = Field(default=None, ge=1)
+    all: bool | None = None
+    specific: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) not in (None, False)]
+        if len(chosen) > 1:
+            raise ValueError(f"give exactly one of latest, all, specific; got {chosen}")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        available = sorted(available)
+        if self.all:
+            return available
+        if self.specific is not None:
+            return [v for v in available if v in set(self.specific)]
+        return available[-(self.latest or 1):]
+
+
+class InputScaling(_Strict):
+    """How a client turns 8-bit pixels into the model input: (pixel * scale - mean) / std."""
+
+    scale: float = 1.0 / 255.0
+    mean: float = 0.0
+    std: float = Field(default=1.0, gt=0)
+
+
+class TaskMetadata(_Strict):
+    kind: TaskKind = TaskKind.TENSOR
+    """What the model does; drives the task API."""
+    labels: list[str] | None = None
+    """Class names in output order (classifiers)."""
+    input_scaling: InputScaling | None = None
+    """Pixel-to-input mapping for image inputs."""
+    output_scaling: InputScaling | None = None
+    """Output-to-pixel mapping inverse, for image outputs: pixel = (out * std + mean) / scale."""
+    latent_size: int | None = Field(default=None, ge=1)
+    """Latent vector length (generators, encoders, decoders)."""
+    num_classes: int | None = Field(default=None, ge=1)
+    """Number of classes (classifiers, conditional generators)."""
+    upscale_factor: int | None = Field(default=None, ge=1)
+    """Output/input size ratio (super-resolution)."""
+    color_mode: Literal["grey", "rgb", "y"] | None = None
+    """Colour the network sees: grey, rgb, or y (luma only; chroma upscaled by bicubic)."""
+
+    @model_validator(mode="after")
+    def _kind_requirements(self) -> TaskMetadata:
+        required = {
+            TaskKind.GENERATOR: ["latent_size"],
+            TaskKind.CONDITIONAL_GENERATOR: ["latent_size", "num_classes"],
+            TaskKind.SUPER_RESOLUTION: ["upscale_factor"],
+            TaskKind.ENCODER: ["latent_size"],
+            TaskKind.DECODER: ["latent_size"],
+        }.get(self.kind, [])
+        missing = [f for f in required if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"task kind '{self.kind.value}' needs {', '.join(missing)}")
+        if self.kind is TaskKind.CLASSIFIER and self.labels is None and self.num_classes is None:
+            raise ValueError("task kind 'classifier' needs labels or num_classes")
+        if self.labels is not None and self.num_classes is not None:
+            if len(self.labels) != self.num_classes:
+                raise ValueError(
+                    f"labels has {len(self.labels)} names but num_classes is {self.num_classes}"
+                )
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str | None = None
+    """Must equal the model's directory name when given."""
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    """Runtime that serves the model."""
+    max_batch_size: int = Field(default=0, ge=0)
+    """Largest batch in one request or one merged run; 0: the model has no batch axis."""
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
+    instance_count: int = Field(default=1, ge=1, le=64)
+    """ONNX Runtime sessions per loaded version, run concurrently."""
+    version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
+    task: TaskMetadata = Field(default_factory=TaskMetadata)
+    model_filename: str = Field(default="model.onnx", pattern=r"^[A-Za-z0-9_.-]+$")
+    """File name inside each version directory."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        for group in ("inputs", "outputs"):
+            names = [t.name for t in getattr(self, group)]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{group} has duplicate tensor names {dupes}")
+        too_big = [b for b in self.dynamic_batching.preferred_batch_sizes
+                   if b < 1 or b > max(self.max_batch_size, 1)]
+        if too_big:
+            raise ValueError(
+                f"dynamic_batching.preferred_batch_sizes {too_big} must lie in "
+                f"1..max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+    @property
+    def batching_enabled(self) -> bool:
+        return self.max_batch_size > 0 and self.dynamic_batching.enabled
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_model_config(data: object, source: str) -> ModelConfig:
+    """Validate a config mapping; errors name `source`, each failing field and the value seen."""
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            seen = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+            problems.append(f"field '{_field_path(err['loc'])}': {err['msg']}{seen}")
+        raise ModelLoadError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read and validate one model's config file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ModelLoadError(f"{path}: not valid YAML: {exc}") from None
+    config = parse_model_config(data, str(path))
+    if config.name is not None and config.name != path.parent.name:
+        raise ModelLoadError(
+            f"{path}: field 'name': must match the directory name '{path.parent.name}' "
+            f"(got {config.name!r})"
+        )
+    return config

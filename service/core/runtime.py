@@ -1,0 +1,188 @@
+"""ONNX Runtime sessions: execution provider choice, signature check, warm-up and runs."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.core.config import NUMPY_DTYPES, ModelConfig
+from service.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+# ONNX Runtime's type strings -> Open Inference Protocol datatypes.
+ORT_TO_DATATYPE = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+}
+
+_GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# Variable non-batch dims (e.g. image height/width) get this size during warm-up.
+WARMUP_VARIABLE_DIM = 16
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """The execution provider this process uses, decided once at start."""
+
+    provider: str
+    reason: str
+
+    @property
+    def providers(self) -> list[str]:
+        return [CUDA, CPU] if self.provider == CUDA else [CPU]
+
+
+def _cuda_usable() -> tuple[bool, str]:
+    if CUDA not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA provider"
+    # The CUDA provider needs the CUDA runtime, cuBLAS and cuDNN libraries plus a device. Probe them
+    # here so that a CPU-only host gets one clear log line instead of a session-creation error.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload(directory="")  # finds the nvidia-* pip packages when they are installed
+        except Exception:  # noqa: BLE001 - absence is the common case and is handled below
+            pass
+    for lib in ("libcudart.so.13", "libcublas.so.13", "libcudnn.so.9"):
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            return False, f"{lib} not found"
+    try:
+        cudart = ctypes.CDLL("libcudart.so.13")
+        count = ctypes.c_int(0)
+        if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:
+            return False, "no CUDA device visible"
+    except OSError as exc:
+        return False, f"CUDA runtime unusable: {exc}"
+    return True, f"{count.value} CUDA device(s) found"
+
+
+def choose_provider(device: str) -> ProviderChoice:
+    """Pick CUDA only when it is really usable; `device` is auto, cpu or cuda."""
+    if device == "cpu":
+        return ProviderChoice(CPU, "CPU requested")
+    usable, reason = _cuda_usable()
+    if usable:
+        return ProviderChoice(CUDA, reason)
+    if device == "cuda":
+        raise ModelLoadError(f"device 'cuda' requested but CUDA is not usable: {reason}")
+    return ProviderChoice(CPU, f"CUDA not used: {reason}")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+
+
+class OnnxModel:
+    """`instance_count` sessions over one ONNX file; `run(i, ...)` uses instance i."""
+
+    def __init__(
+        self, path: Path, config: ModelConfig, choice: ProviderChoice, options: RuntimeOptions
+    ):
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: model file not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = options.intra_op_threads
+        opts.inter_op_num_threads = options.inter_op_threads
+        opts.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
+        opts.log_severity_level = 3  # warnings from ORT about unused initialisers etc. are noise
+        try:
+            self._sessions = [
+                ort.InferenceSession(str(path), sess_options=opts, providers=choice.providers)
+                for _ in range(config.instance_count)
+            ]
+        except Exception as exc:  # ORT raises its own exception types for corrupt graphs
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {exc}") from None
+        self.provider = self._sessions[0].get_providers()[0]
+        self._use_io_binding = self.provider == CUDA
+        self.output_names = [spec.name for spec in config.outputs]
+        _check_signature(self._sessions[0], config, path)
+
+    def run(self, instance: int, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one batch; returns outputs in config order. Called from a worker thread."""
+        session = self._sessions[instance]
+        if not self._use_io_binding:
+            return session.run(self.output_names, inputs)
+        # On CUDA, bind outputs to host memory so each result is copied device->host exactly once.
+        binding = session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return [value.numpy() for value in binding.get_outputs()]
+
+    def warm_up(self, config: ModelConfig) -> None:
+        """Run every instance at batch 1 and every preferred batch size, so the first real request
+        does not pay for lazy initialisation."""
+        sizes = sorted({1, *config.dynamic_batching.preferred_batch_sizes})
+        if config.max_batch_size == 0:
+            sizes = [0]
+        for size in sizes:
+            inputs = {
+                spec.name: np.zeros(
+                    ([size] if size else [])
+                    + [d if d > 0 else WARMUP_VARIABLE_DIM for d in spec.shape],
+                    dtype=NUMPY_DTYPES[spec.datatype],
+                )
+                for spec in config.inputs
+            }
+            for instance in range(len(self._sessions)):
+                self.run(instance, inputs)
+
+
+def _check_signature(session: ort.InferenceSession, config: ModelConfig, path: Path) -> None:
+    """The config must describe the graph: names, dtypes and every fixed dim."""
+    batch_axes = 1 if config.max_batch_size > 0 else 0
+    for group, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        by_name = {node.name: node for node in actual}
+        declared = getattr(config, group)
+        if {s.name for s in declared} != set(by_name) and group == "inputs":
+            raise ModelLoadError(
+                f"{path}: config {group} {sorted(s.name for s in declared)} do not match the "
+                f"graph's {sorted(by_name)}"
+            )
+        for index, spec in enumerate(declared):
+            node = by_name.get(spec.name)
+            where = f"{path}: config field '{group}.{index}'"
+            if node is None:
+                raise ModelLoadError(
+                    f"{where}: tensor '{spec.name}' is not in the graph; it has {sorted(by_name)}"
+                )
+            datatype = ORT_TO_DATATYPE.get(node.type, node.type)
+            if datatype != spec.datatype:
+                raise ModelLoadError(
+                    f"{where}: datatype {spec.datatype} but the graph says {datatype}"
+                )
+            graph_dims = list(node.shape)[batch_axes:]
+            if len(graph_dims) != len(spec.shape):
+                raise ModelLoadError(
+                    f"{where}: shape {spec.shape} (batch axis {'implicit' if batch_axes else 'none'})"
+                    f" but the graph's is {list(node.shape)}"
+                )
+            for want, have in zip(spec.shape, graph_dims):
+                if isinstance(have, int) and want != -1 and want != have:
+                    raise ModelLoadError(
+                        f"{where}: shape {spec.shape} but the graph's is {list(node.shape)}"
+                    )

@@ -1,0 +1,96 @@
+"""Checking request tensors against a model's signature.
+
+Protocol front ends decode their wire format into numpy arrays (without copies where they can) and
+hand them here; every mistake is reported as InvalidArgument naming the tensor, what the model
+expects and what came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from service.core.config import NUMPY_DTYPES, ModelConfig, TensorSpec
+from service.errors import InvalidArgument
+
+
+def full_shape(spec: TensorSpec, config: ModelConfig) -> list[int]:
+    """The tensor's shape as clients see it: with a leading -1 batch axis when batching."""
+    return ([-1] if config.max_batch_size > 0 else []) + list(spec.shape)
+
+
+def numpy_dtype(datatype: str, where: str) -> np.dtype:
+    try:
+        return NUMPY_DTYPES[datatype]
+    except KeyError:
+        raise InvalidArgument(
+            f"{where}: datatype '{datatype}' is not supported; expected one of "
+            f"{', '.join(NUMPY_DTYPES)}"
+        ) from None
+
+
+def check_inputs(
+    config: ModelConfig, model: str, inputs: Mapping[str, np.ndarray], declared: Mapping[str, str]
+) -> int:
+    """Validate named inputs against the model; return the request's batch size.
+
+    `declared` maps each input name to the datatype the client wrote, so a mismatch is reported in
+    the client's own terms.
+    """
+    expected = {spec.name: spec for spec in config.inputs}
+    missing = [name for name in expected if name not in inputs]
+    if missing:
+        raise InvalidArgument(
+            f"model '{model}': missing input(s) {missing}; expected {sorted(expected)}"
+        )
+    extra = [name for name in inputs if name not in expected]
+    if extra:
+        raise InvalidArgument(
+            f"model '{model}': unexpected input(s) {extra}; expected {sorted(expected)}"
+        )
+
+    batch_size = 1
+    batch_owner = None
+    for name, array in inputs.items():
+        spec = expected[name]
+        if declared[name] != spec.datatype:
+            raise InvalidArgument(
+                f"input '{name}': datatype must be {spec.datatype}, got {declared[name]}"
+            )
+        want = full_shape(spec, config)
+        got = list(array.shape)
+        if len(got) != len(want) or any(w != -1 and w != g for w, g in zip(want, got)):
+            raise InvalidArgument(f"input '{name}': shape must be {want}, got {got}")
+        if any(g < 1 for g in got):
+            raise InvalidArgument(f"input '{name}': every dim must be >= 1, got shape {got}")
+        if config.max_batch_size > 0:
+            if batch_owner is None:
+                batch_size, batch_owner = got[0], name
+            elif got[0] != batch_size:
+                raise InvalidArgument(
+                    f"input '{name}': batch dim {got[0]} differs from input "
+                    f"'{batch_owner}' batch dim {batch_size}"
+                )
+    if config.max_batch_size > 0 and batch_size > config.max_batch_size:
+        raise InvalidArgument(
+            f"model '{model}': batch size must be <= max_batch_size {config.max_batch_size}, "
+            f"got {batch_size}"
+        )
+    return batch_size
+
+
+def check_requested_outputs(config: ModelConfig, model: str, requested: list[str]) -> list[str]:
+    """Output names to return: those requested (validated) or all of them."""
+    available = [spec.name for spec in config.outputs]
+    if not requested:
+        return available
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise InvalidArgument(
+            f"model '{model}': unknown requested output(s) {unknown}; available {available}"
+        )
+    dupes = sorted({n for n in requested if requested.count(n) > 1})
+    if dupes:
+        raise InvalidArgument(f"model '{model}': output(s) {dupes} requested more than once")
+    return requested

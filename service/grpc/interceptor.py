@@ -1,0 +1,118 @@
+"""The one place where errors become gRPC statuses, and where every RPC is counted and timed.
+
+It also refuses new calls once the server drains, and counts the calls in flight so that shutdown
+can wait for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from service.core.inference import CallInfo, InferenceCore, current_call
+from service.errors import ServiceError
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal error; the server log has details"
+DRAINING_MESSAGE = "server is shutting down; retry on another replica"
+
+# Infrastructure services stay outside: health must answer during drain, and neither is counted.
+_PASS_THROUGH = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, core: InferenceCore, metrics: Metrics):
+        self._core = core
+        self._metrics = metrics
+        self.active_calls = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no counted call is in flight."""
+        await self._idle.wait()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_PASS_THROUGH):
+            return handler
+        rpc = method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(rpc, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(rpc, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, rpc, behaviour):
+        async def unary(request, context):
+            info = await self._begin(context)
+            try:
+                return await behaviour(request, context)
+            except BaseException as exc:  # noqa: BLE001 - every outcome is mapped and counted
+                await self._fail(exc, info, context)
+            finally:
+                self._end(rpc, info)
+
+        return unary
+
+    def _wrap_stream(self, rpc, behaviour):
+        async def unary_stream(request, context):
+            info = await self._begin(context)
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            except BaseException as exc:  # noqa: BLE001
+                await self._fail(exc, info, context)
+            finally:
+                self._end(rpc, info)
+
+        return unary_stream
+
+    async def _begin(self, context) -> CallInfo:
+        if self._core.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
+        self.active_calls += 1
+        self._idle.clear()
+        info = CallInfo(started=time.perf_counter())
+        info.token = current_call.set(info)
+        return info
+
+    @staticmethod
+    async def _fail(exc: BaseException, info: CallInfo, context) -> None:
+        """Give the call the status `exc` stands for; always raises."""
+        if isinstance(exc, ServiceError):
+            info.code = exc.code
+            await context.abort(exc.code, exc.message)
+        if isinstance(exc, asyncio.CancelledError):
+            info.code = grpc.StatusCode.CANCELLED
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):  # the handler set its own status
+            info.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        info.code = grpc.StatusCode.INTERNAL
+        log.error("unexpected error in RPC", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    def _end(self, rpc: str, info: CallInfo) -> None:
+        current_call.reset(info.token)
+        self._metrics.requests.labels(info.model, info.version, rpc, info.code.name).inc()
+        self._metrics.request_latency.labels(info.model, info.version, rpc).observe(
+            time.perf_counter() - info.started
+        )
+        self.active_calls -= 1
+        if self.active_calls == 0:
+            self._idle.set()

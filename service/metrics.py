@@ -1,0 +1,86 @@
+"""Prometheus metrics, on a registry owned by one server (so tests can run several servers)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# 100 us .. 10 s in 1-1.5-2-3-5-7.5 steps: fine enough for p50/p95/p99 and, being fixed buckets,
+# aggregatable across replicas with histogram_quantile(sum by (le) (rate(...))).
+LATENCY_BUCKETS = tuple(
+    round(base * 10.0**exp, 7)
+    for exp in range(-4, 1)
+    for base in (1.0, 1.5, 2.0, 3.0, 5.0, 7.5)
+) + (10.0,)
+
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+
+PREFIX = "inference"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests", "RPCs answered, by model, version, RPC and gRPC status code.",
+            ["model", "version", "rpc", "code"], registry=r,
+        )
+        self.request_latency = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "End-to-end RPC latency inside the server (decode, queue, compute, encode).",
+            ["model", "version", "rpc"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_latency = Histogram(
+            f"{PREFIX}_queue_duration_seconds",
+            "Time a request waited in its model's batching queue.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.compute_latency = Histogram(
+            f"{PREFIX}_compute_duration_seconds",
+            "ONNX Runtime time per executed batch.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "Items per executed batch (after dynamic batching merged requests).",
+            ["model", "version"], buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(
+            f"{PREFIX}_inflight_requests", "RPCs being handled now, by model.",
+            ["model"], registry=r,
+        )
+        self.queue_depth = Gauge(
+            f"{PREFIX}_queue_depth", "Requests waiting in the batching queue.",
+            ["model", "version"], registry=r,
+        )
+        self.dropped = Counter(
+            f"{PREFIX}_requests_dropped",
+            "Queued requests removed before compute, by reason (deadline, cancelled).",
+            ["model", "version", "reason"], registry=r,
+        )
+        self.model_ready = Gauge(
+            f"{PREFIX}_model_ready", "1 when the model version is loaded and ready, else 0.",
+            ["model", "version"], registry=r,
+        )
+        self.execution_provider = Gauge(
+            f"{PREFIX}_execution_provider_info",
+            "1 for the execution provider each loaded model version runs on.",
+            ["model", "version", "provider"], registry=r,
+        )
+
+    def forget_version(self, model: str, version: str, provider: str) -> None:
+        """Drop a version's gauges once it is unloaded, so dashboards do not show ghosts."""
+        for gauge, labels in (
+            (self.queue_depth, (model, version)),
+            (self.model_ready, (model, version)),
+            (self.execution_provider, (model, version, provider)),
+        ):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+    def serve_http(self, host: str, port: int) -> tuple[object, int]:
+        """Start the /metrics HTTP server in a daemon thread; returns (server, bound port)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server, server.server_port

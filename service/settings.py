@@ -1,0 +1,47 @@
+"""Server-wide settings (per-model settings live in each model's config.yaml).
+
+Every field can come from an environment variable with the ONNXSERVE_ prefix
+(e.g. ONNXSERVE_GRPC_PORT=9001); command-line flags override the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A 4096 x 4096 RGB float32 tensor is 192 MiB; leave room for the protobuf envelope.
+DEFAULT_MAX_MESSAGE_BYTES = 4096 * 4096 * 3 * 4 + 1024 * 1024
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONNXSERVE_", extra="forbid")
+
+    models: Path = Path("models")
+    """Model repository directory: <name>/config.yaml and <name>/<version>/model.onnx."""
+    host: str = "0.0.0.0"
+    """Address the gRPC and metrics servers bind to."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (logged at start)."""
+    metrics_port: int = Field(default=8002, ge=0, le=65535)
+    """Prometheus metrics HTTP port; 0 picks a free one."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Execution provider: auto uses CUDA only when its libraries and a device are usable."""
+    intra_op_threads: int = Field(default=0, ge=0)
+    """ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide."""
+    inter_op_threads: int = Field(default=1, ge=0)
+    """ONNX Runtime inter-op threads per session."""
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """ONNX Runtime graph optimisation level."""
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    """Largest gRPC message accepted or sent."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long in-flight calls may take to finish before the process exits."""
+    startup_models: list[str] | None = None
+    """Models to load at start (default: every model in the repository)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log line format; json gives one object per line."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged."""
