@@ -50,9 +50,10 @@ class FailedPrecondition(ServiceError):
 
 
 class ModelLoadError(ServiceError):
-    """A model could not be loaded: bad config, missing or corrupt file, failed warm-up."""
+    """A model could not be loaded: bad config, missing or corrupt file, failed warm-up. The
+    repository's content, not the request, is at fault."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class InferenceFailed(ServiceError):

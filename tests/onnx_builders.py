@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = [helper.make_opsetid("", 17)]
 
 
-def _save(graph, path: Path) -> Path:
+def save_graph(graph, path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=OPSET)
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -21,15 +21,23 @@ def _save(graph, path: Path) -> Path:
     return path
 
 
-def affine_graph(scale: float, bias: float, dim: int = 4):
-    """y = x * scale + bias on FP32 [batch, dim]."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])
+def affine_graph(scale: float, bias: float, dim: int = 4, batch_axis: bool = True):
+    """y = x * scale + bias on FP32 [batch, dim] (or [dim] without a batch axis)."""
+    shape = ["batch", dim] if batch_axis else [dim]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
     inits = [numpy_helper.from_array(np.array(scale, np.float32), "scale"),
              numpy_helper.from_array(np.array(bias, np.float32), "bias")]
     nodes = [helper.make_node("Mul", ["x", "scale"], ["scaled"]),
              helper.make_node("Add", ["scaled", "bias"], ["y"])]
     return helper.make_graph(nodes, "affine", [x], [y], inits)
+
+
+def identity_graph(elem_type: int, dim: int = 4):
+    """y = x for any tensor type on [batch, dim]."""
+    x = helper.make_tensor_value_info("x", elem_type, ["batch", dim])
+    y = helper.make_tensor_value_info("y", elem_type, ["batch", dim])
+    return helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
 
 
 def simple_graph():
@@ -43,17 +51,29 @@ def simple_graph():
     return helper.make_graph(nodes, "simple", ins, outs)
 
 
-def slow_graph(repeats: int, dim: int = 256):
-    """y = x, computed through `repeats` identity MatMuls: exact results, controllable cost."""
+def slow_graph(dim: int = 512):
+    """y = x, exactly, after max(work) identity MatMuls in a Loop: a request chooses how long its
+    batch computes, so tests can hold the model busy without sleeping anywhere."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])
+    work = helper.make_tensor_value_info("work", TensorProto.INT64, ["batch", 1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])
     eye = numpy_helper.from_array(np.eye(dim, dtype=np.float32), "eye")
-    nodes, prev = [], "x"
-    for i in range(repeats):
-        out = "y" if i == repeats - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [prev, "eye"], [out]))
-        prev = out
-    return helper.make_graph(nodes, "slow", [x], [y], [eye])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["carried_in", "eye"], ["carried_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried_in", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, ["batch", dim])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["work"], ["trips"], keepdims=0),
+        helper.make_node("Constant", [], ["true"], value=helper.make_tensor("t", TensorProto.BOOL, [], [True])),
+        helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body),
+    ]
+    return helper.make_graph(nodes, "slow", [x, work], [y], [eye])
 
 
 def fault_graph():
@@ -75,7 +95,7 @@ def write_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     for version in versions:
-        _save(graph, model_dir / str(version) / "model.onnx")
+        save_graph(graph, model_dir / str(version) / "model.onnx")
     return model_dir
 
 
@@ -96,6 +116,29 @@ def simple_config(**extra) -> dict:
         "inputs": [{"name": n, "datatype": "INT32", "shape": [16]} for n in ("INPUT0", "INPUT1")],
         "outputs": [{"name": n, "datatype": "INT32", "shape": [16]}
                     for n in ("OUTPUT0", "OUTPUT1")],
+    }
+    config.update(extra)
+    return config
+
+
+def slow_config(**extra) -> dict:
+    config = {
+        "max_batch_size": 16,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [512]},
+                   {"name": "work", "datatype": "INT64", "shape": [1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [512]}],
+        "dynamic_batching": {"max_queue_delay_us": 1000, "max_queue_size": 4},
+    }
+    config.update(extra)
+    return config
+
+
+def fault_config(**extra) -> dict:
+    config = {
+        "max_batch_size": 16,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+        "dynamic_batching": {"max_queue_delay_us": 20000, "preferred_batch_sizes": [16]},
     }
     config.update(extra)
     return config

@@ -116,7 +116,9 @@ class BatchScheduler:
         except ValueError:
             return  # already taken into a batch; the worker skips it
         self._queue_depth.dec()
-        expired = entry.deadline is not None and time.monotonic() >= entry.deadline
+        # gRPC cancels an expired call from its own timer; allow for that timer firing a little
+        # before our clock reaches the deadline we computed from time_remaining().
+        expired = entry.deadline is not None and time.monotonic() >= entry.deadline - 0.05
         self._metrics.dropped.labels(
             self._model, self._version, "deadline" if expired else "cancelled"
         ).inc()

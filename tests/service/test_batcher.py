@@ -1,0 +1,166 @@
+"""The dynamic batcher, driven in-process over real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx_builders import (
+    affine_config, affine_graph, fault_config, fault_graph, slow_config, slow_graph, write_model,
+)
+from service.core.batcher import BatchScheduler
+from service.core.config import load_model_config
+from service.core.runtime import OnnxModel, ProviderChoice, RuntimeOptions
+from service.core.stats import VersionStats
+from service.errors import InferenceFailed, ResourceExhausted
+from service.metrics import Metrics
+
+CPU = ProviderChoice("CPUExecutionProvider", "test")
+
+
+def make_runtime(tmp_path: Path, name: str, graph, config: dict):
+    model_dir = write_model(tmp_path, name, graph, config)
+    parsed = load_model_config(model_dir / "config.yaml")
+    runtime = OnnxModel(model_dir / "1" / "model.onnx", parsed, CPU, RuntimeOptions(1, 1))
+    return parsed, runtime
+
+
+def make_scheduler(parsed, runtime, metrics=None):
+    metrics = metrics or Metrics()
+    stats = VersionStats()
+    return BatchScheduler("m", "1", parsed, runtime, metrics, stats), metrics, stats
+
+
+def histogram_count(metrics: Metrics, name: str, le: str) -> float:
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name + "_bucket" and sample.labels["le"] == le:
+                return sample.value
+    raise KeyError(name)
+
+
+def test_concurrent_requests_merge_and_match_unbatched(tmp_path):
+    parsed, runtime = make_runtime(tmp_path, "affine", affine_graph(3.0, -1.0), affine_config())
+    rng = np.random.default_rng(0)
+    # Requests of 1..3 items with random data: reordering or mis-splitting would show.
+    requests = [rng.standard_normal((int(rng.integers(1, 4)), 4)).astype(np.float32)
+                for _ in range(40)]
+
+    async def scenario():
+        scheduler, metrics, stats = make_scheduler(parsed, runtime)
+        results = await asyncio.gather(
+            *(scheduler.infer({"x": x}, len(x), None) for x in requests)
+        )
+        await scheduler.close()
+        return results, metrics, stats
+
+    results, metrics, stats = asyncio.run(scenario())
+    for x, result in zip(requests, results):
+        unbatched = runtime.run(0, {"x": x})[0]
+        np.testing.assert_array_equal(result["y"], unbatched)
+        np.testing.assert_allclose(result["y"], x * 3.0 - 1.0, rtol=1e-6)
+    assert stats.inference_count == sum(len(x) for x in requests)
+    assert stats.execution_count < len(requests), "no requests were merged"
+    assert max(stats.by_batch_size) > 3
+    assert max(stats.by_batch_size) <= parsed.max_batch_size
+    total_runs = histogram_count(metrics, "inference_batch_size", "+Inf")
+    assert total_runs == stats.execution_count
+
+
+def test_queue_full_is_refused_at_once(tmp_path):
+    parsed, runtime = make_runtime(tmp_path, "slow", slow_graph(), slow_config())
+    busy = np.full((1, 1), 30000, np.int64)
+    quick = np.zeros((1, 1), np.int64)
+    x = np.ones((1, 512), np.float32)
+
+    async def scenario():
+        scheduler, _, _ = make_scheduler(parsed, runtime)
+        running = asyncio.ensure_future(scheduler.infer({"x": x, "work": busy}, 1, None))
+        await asyncio.sleep(0)  # let the worker take it: the queue is then empty again
+        while scheduler.queued:
+            await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(scheduler.infer({"x": x, "work": quick}, 1, None))
+                   for _ in range(4)]
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted, match=r"queue is full \(4 requests waiting\)"):
+            await scheduler.infer({"x": x, "work": quick}, 1, None)
+        done = await asyncio.gather(running, *waiting)
+        await scheduler.close()
+        return done
+
+    results = asyncio.run(scenario())
+    assert all(np.array_equal(r["y"], x) for r in results)
+
+
+def test_cancelled_requests_leave_the_queue_and_never_run(tmp_path):
+    parsed, runtime = make_runtime(tmp_path, "slow", slow_graph(), slow_config())
+    x = np.ones((1, 512), np.float32)
+
+    async def scenario():
+        scheduler, metrics, stats = make_scheduler(parsed, runtime)
+        running = asyncio.ensure_future(
+            scheduler.infer({"x": x, "work": np.full((1, 1), 20000, np.int64)}, 1, None)
+        )
+        await asyncio.sleep(0)
+        queued = [asyncio.ensure_future(
+            scheduler.infer({"x": x, "work": np.zeros((1, 1), np.int64)}, 1, None))
+            for _ in range(4)]
+        await asyncio.sleep(0)
+        assert scheduler.queued == 4
+        for future in queued:
+            future.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+        assert scheduler.queued == 0
+        await running
+        await scheduler.close()
+        return metrics, stats
+
+    metrics, stats = asyncio.run(scenario())
+    assert stats.execution_count == 1  # only the first request ran
+    dropped = metrics.registry.get_sample_value(
+        "inference_requests_dropped_total", {"model": "m", "version": "1", "reason": "cancelled"}
+    )
+    assert dropped == 4
+    assert metrics.registry.get_sample_value(
+        "inference_queue_depth", {"model": "m", "version": "1"}) == 0
+
+
+def test_failing_batch_fails_only_its_requests(tmp_path):
+    parsed, runtime = make_runtime(tmp_path, "fault", fault_graph(), fault_config())
+
+    async def scenario():
+        scheduler, _, _ = make_scheduler(parsed, runtime)
+        # One worker: the first request runs alone at once; the next three queue behind it and
+        # are merged into one batch, which the marker value 99 makes fail inside ONNX Runtime.
+        first = asyncio.ensure_future(scheduler.infer({"x": np.array([[1.0]], np.float32)}, 1, None))
+        await asyncio.sleep(0)
+        batch = [asyncio.ensure_future(scheduler.infer({"x": np.array([[v]], np.float32)}, 1, None))
+                 for v in (2.0, 99.0, 3.0)]
+        outcomes = await asyncio.gather(first, *batch, return_exceptions=True)
+        after = await scheduler.infer({"x": np.array([[4.0]], np.float32)}, 1, None)
+        await scheduler.close()
+        return outcomes, after
+
+    outcomes, after = asyncio.run(scenario())
+    assert outcomes[0]["y"].tolist() == [[10.0]]
+    assert all(isinstance(o, InferenceFailed) for o in outcomes[1:]), outcomes
+    assert "inference failed for model 'm'" in outcomes[1].message
+    assert after["y"].tolist() == [[40.0]]
+
+
+def test_close_finishes_queued_requests(tmp_path):
+    parsed, runtime = make_runtime(tmp_path, "affine", affine_graph(1.0, 1.0), affine_config())
+
+    async def scenario():
+        scheduler, _, _ = make_scheduler(parsed, runtime)
+        pending = [asyncio.ensure_future(
+            scheduler.infer({"x": np.full((1, 4), i, np.float32)}, 1, None)) for i in range(10)]
+        await asyncio.sleep(0)
+        await scheduler.close()
+        return await asyncio.gather(*pending)
+
+    results = asyncio.run(scenario())
+    assert [r["y"][0, 0] for r in results] == [float(i + 1) for i in range(10)]
