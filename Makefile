@@ -38,13 +38,16 @@ proto: $(STUBS)
 $(PROTO_OUT)/%_pb2.py: protos/%.proto | $(STAMP)
 	$(PY) -m grpc_tools.protoc -I$(PROTO_OUT)=protos --python_out=. --pyi_out=. --grpc_python_out=. $<
 
-# Debian packages the tests use: the Fashion-MNIST idx files for the training smoke tests.
+# Debian packages the tests use: Fashion-MNIST idx files (training smoke tests), Prometheus
+# (promtool and a real scrape), nginx (the L7 proxy in the failover test).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-apt-deps: $(FASHION_MNIST)
-$(FASHION_MNIST):
-	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+APT_PACKAGES := dataset-fashion-mnist prometheus nginx
+APT_STAMP := $(VENV)/.apt-installed
+apt-deps: $(APT_STAMP)
+$(APT_STAMP): | $(VENV)/bin/python
+	dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py* .pytest_cache
