@@ -154,6 +154,15 @@ def bicubic_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                       dtype=np.float64)
 
 
+def sr_pair(hr_y: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low-res, high-res) Y pair in [0, 255] by the standard protocol: mod-crop the ground truth,
+    bicubic-downscale it; the low-res one is rounded like an 8-bit image."""
+    hr = modcrop(hr_y, scale)
+    h, w = hr.shape
+    lr = np.clip(np.rint(bicubic_resize(hr, (w // scale, h // scale))), 0, 255)
+    return lr, hr
+
+
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0, border: int = 0) -> float:
     """Peak signal-to-noise ratio in dB; `border` pixels are cropped from every side first."""
     if border:

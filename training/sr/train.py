@@ -23,14 +23,6 @@ DEFAULT_TRAIN = common.REPO_ROOT.parent / "shared" / "data" / "sr" / "train"
 DEFAULT_EVAL = common.REPO_ROOT.parent / "shared" / "data" / "sr" / "test" / "Set5"
 
 
-def make_pair(hr_y: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(low-res, high-res) Y pair in [0, 255]; the low-res one is rounded like an 8-bit image."""
-    hr = common.modcrop(hr_y, scale)
-    h, w = hr.shape
-    lr = np.clip(np.rint(common.bicubic_resize(hr, (w // scale, h // scale))), 0, 255)
-    return lr, hr
-
-
 def load_training_pairs(folder: Path, scale: int, rescales: tuple[float, ...]) -> list[tuple]:
     """Every image at each of `rescales` (a cheap way to stretch a small photo set)."""
     pairs = []
@@ -39,7 +31,7 @@ def load_training_pairs(folder: Path, scale: int, rescales: tuple[float, ...]) -
         for f in rescales:
             img = y if f == 1.0 else common.bicubic_resize(
                 y, (int(y.shape[1] * f), int(y.shape[0] * f)))
-            lr, hr = make_pair(img, scale)
+            lr, hr = common.sr_pair(img, scale)
             pairs.append((lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0))
     return pairs
 
@@ -103,7 +95,9 @@ def main(argv: list[str] | None = None) -> Path:
     rescales = (1.0,) if args.dry_run else (1.0, 0.8, 0.6)
     pairs = load_training_pairs(Path(args.train_dir), args.scale, rescales)
     pairs = [pp for pp in pairs if min(pp[0].shape) >= args.patch]
-    eval_pairs = [make_pair(common.load_y(path), args.scale) for path in common.list_images(args.eval_dir)]
+    if not pairs:
+        raise SystemExit(f"no training image in {args.train_dir} is at least {args.patch * args.scale} px a side")
+    eval_pairs = [common.sr_pair(common.load_y(path), args.scale) for path in common.list_images(args.eval_dir)]
     features = tuple(int(f) for f in args.features.split(","))
     config = {"scale": args.scale, "features": list(features)}
     model = ESPCN(args.scale, features).to(device)
