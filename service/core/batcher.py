@@ -69,6 +69,9 @@ class BatchScheduler:
         self._delay = config.dynamic_batching.max_queue_delay_us / 1e6
         self._max_queue = config.dynamic_batching.max_queue_size
         self._input_names = [spec.name for spec in config.inputs]
+        # Requests can only be concatenated when their per-item shapes agree, which is only in
+        # doubt for inputs with variable dims (e.g. images of any height and width).
+        self._shapes_vary = any(-1 in spec.shape for spec in config.inputs)
         self._output_names = runtime.output_names
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -136,9 +139,17 @@ class BatchScheduler:
 
     # -- worker side -------------------------------------------------------------------------
 
+    def _fits(self, batch: list[_Queued], size: int, entry: _Queued) -> bool:
+        if size + entry.batch_size > self._max_batch:
+            return False
+        if self._shapes_vary and batch:
+            first = batch[0].inputs
+            return all(first[n].shape[1:] == entry.inputs[n].shape[1:] for n in self._input_names)
+        return True
+
     def _take(self, batch: list[_Queued], size: int) -> int:
         """Move queued requests into `batch` while they fit; return the new item count."""
-        while self._queue and size + self._queue[0].batch_size <= self._max_batch:
+        while self._queue and self._fits(batch, size, self._queue[0]):
             entry = self._queue.popleft()
             self._queue_depth.dec()
             batch.append(entry)
@@ -162,8 +173,8 @@ class BatchScheduler:
             return batch
         oldest = batch[0].enqueued
         while size < self._target and not self._closing:
-            if self._queue and size + self._queue[0].batch_size > self._max_batch:
-                break  # the next request does not fit: run what we have
+            if self._queue and not self._fits(batch, size, self._queue[0]):
+                break  # the next request cannot join: run what we have
             remaining = oldest + self._delay - time.monotonic()
             if remaining <= 0:
                 break

@@ -164,3 +164,25 @@ def test_close_finishes_queued_requests(tmp_path):
 
     results = asyncio.run(scenario())
     assert [r["y"][0, 0] for r in results] == [float(i + 1) for i in range(10)]
+
+
+def test_requests_with_different_item_shapes_are_not_merged(tmp_path):
+    config = affine_config(
+        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1]}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1]}],
+    )
+    parsed, runtime = make_runtime(tmp_path, "varwidth", affine_graph(2.0, 0.0, dim="n"), config)
+    rng = np.random.default_rng(3)
+    requests = [rng.standard_normal((1, int(rng.choice([3, 5, 7])))).astype(np.float32)
+                for _ in range(30)]
+
+    async def scenario():
+        scheduler, _, stats = make_scheduler(parsed, runtime)
+        results = await asyncio.gather(*(scheduler.infer({"x": x}, 1, None) for x in requests))
+        await scheduler.close()
+        return results, stats
+
+    results, stats = asyncio.run(scenario())
+    for x, result in zip(requests, results):
+        np.testing.assert_array_equal(result["y"], x * 2.0)
+    assert stats.execution_count < len(requests)  # same-width requests were still merged
