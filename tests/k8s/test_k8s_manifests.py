@@ -1,0 +1,365 @@
+"""deploy/k8s validates offline, and names only what the server really exposes.
+
+Core kinds: kubernetes-validate (strict: unknown fields are errors). KServe objects: their CRD
+schemas from ../shared/schemas/kserve with check-jsonschema, once as shipped and once strict (the
+CRD schemas allow unknown fields, which a typo would hide). Overlays are rendered with
+`kubectl kustomize` and the rendered output is what gets validated. Ports, probes, health service
+names, environment settings and metric names are checked against a real server's health service
+and /metrics, not against a list kept here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import grpc
+import kubernetes_validate
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, start_server
+from onnx_builders import affine_config, affine_graph, write_model
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("base", "cpu", "gpu")
+KUBERNETES_VERSION = "1.37.0"
+# Repo-relative on purpose: ../shared/schemas sits next to the checkout in CI.
+SCHEMAS = ROOT / ".." / "shared" / "schemas" / "kserve"
+KSERVE_SCHEMAS = {
+    "InferenceService": SCHEMAS / "inferenceservice-v1beta1.json",
+    "ServingRuntime": SCHEMAS / "servingruntime-v1alpha1.json",
+}
+METRIC_NAME = re.compile(r"\binference_[a-z_]+\b")
+
+
+@cache
+def render(directory: str) -> tuple[dict, ...]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed to render the kustomize overlays (it runs without a cluster)"
+    result = subprocess.run([kubectl, "kustomize", str(K8S / directory)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def by_kind(docs, kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def only(docs, kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def server_container(pod_spec: dict) -> dict:
+    return next(c for c in pod_spec["containers"] if c["name"] in ("server", "kserve-container"))
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def strict_schema(schema):
+    """The CRD schema with unknown fields refused wherever it lists its fields (what the API
+    server's strict field validation does), except where the CRD keeps unknown fields."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if ("properties" in node and "additionalProperties" not in node
+                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+def check_jsonschema(schema: Path, documents: list[dict], tmp_path: Path) -> subprocess.CompletedProcess:
+    files = []
+    for index, doc in enumerate(documents):
+        path = tmp_path / f"{doc['kind']}-{index}.json"
+        path.write_text(json.dumps(doc))
+        files.append(str(path))
+    command = [str(Path(sys.executable).with_name("check-jsonschema")), "--schemafile", str(schema),
+               *files]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+# --- offline validation --------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_overlay_is_valid_kubernetes_strict(overlay):
+    docs = render(overlay)
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+            "PersistentVolumeClaim"} <= kinds
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} "
+                        f"at {'.'.join(map(str, exc.path))}")
+
+
+def test_strict_kubernetes_validation_rejects_an_unknown_field():
+    deployment = copy.deepcopy(only(render("cpu"), "Deployment"))
+    server_container(deployment["spec"]["template"]["spec"])["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_kserve_objects_match_their_crd_schemas(tmp_path):
+    docs = render("kserve")
+    assert {doc["kind"] for doc in docs} == set(KSERVE_SCHEMAS)
+    for kind, schema in KSERVE_SCHEMAS.items():
+        assert schema.is_file(), f"{schema} missing (the shared schemas sit next to the checkout)"
+        strict = tmp_path / f"strict-{schema.name}"
+        strict.write_text(json.dumps(strict_schema(json.loads(schema.read_text()))))
+        for schema_file in (schema, strict):
+            result = check_jsonschema(schema_file, by_kind(docs, kind), tmp_path)
+            assert result.returncode == 0, f"{kind} vs {schema_file.name}:\n{result.stdout}"
+
+
+def test_strict_kserve_schema_catches_what_the_crd_schema_lets_through(tmp_path):
+    isvc = copy.deepcopy(only(render("kserve"), "InferenceService"))
+    isvc["spec"]["predictor"]["minReplica"] = 2  # a typo the CRD schema alone accepts
+    schema = KSERVE_SCHEMAS["InferenceService"]
+    assert check_jsonschema(schema, [isvc], tmp_path).returncode == 0
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps(strict_schema(json.loads(schema.read_text()))))
+    result = check_jsonschema(strict, [isvc], tmp_path)
+    assert result.returncode != 0 and "minReplica" in result.stdout
+
+
+# --- the manifests agree with themselves ---------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_pdb_and_hpa_point_at_the_deployment(overlay):
+    docs = render(overlay)
+    deployment = only(docs, "Deployment")
+    pod = deployment["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for p in server_container(pod["spec"])["ports"]}
+    assert set(ports) == {"grpc", "metrics"}
+
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    assert services["onnx-serve-headless"]["spec"]["clusterIP"] == "None"
+    assert services["onnx-serve"]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{service['metadata']['name']}: {port}"
+            assert port["port"] == ports[port["targetPort"]]
+
+    pdb = only(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    hpa = only(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["minReplicas"] >= 2  # one replica must survive the PDB's disruption
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    claim = only(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pod_runs_locked_down_and_drains_within_its_grace_period(overlay):
+    pod = only(render(overlay), "Deployment")["spec"]["template"]["spec"]
+    container = server_container(pod)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["models"]["readOnly"] is True
+    assert mounts["models"]["mountPath"] == env_of(container)["ONNXSERVE_MODELS"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    # The kubelet's clock covers preStop and the server's drain together.
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = float(env_of(container)["ONNXSERVE_SHUTDOWN_GRACE_S"])
+    assert 0 < pre_stop and pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # warm-up headroom
+
+
+def test_gpu_overlay_requests_a_gpu_and_cpu_does_not():
+    gpu = server_container(only(render("gpu"), "Deployment")["spec"]["template"]["spec"])
+    cpu = server_container(only(render("cpu"), "Deployment")["spec"]["template"]["spec"])
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert env_of(gpu)["ONNXSERVE_DEVICE"] == "cuda"
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+    assert env_of(cpu)["ONNXSERVE_DEVICE"] == "cpu"
+
+
+def test_kserve_runtime_serves_onnx_over_v2_and_the_isvc_scales_on_queue_depth():
+    docs = render("kserve")
+    runtime, isvc = only(docs, "ServingRuntime"), only(docs, "InferenceService")
+    assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == ["onnx"]
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["model"]["runtime"] == runtime["metadata"]["name"]
+    assert predictor["model"]["modelFormat"]["name"] == "onnx"
+    assert predictor["model"]["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    assert 2 <= predictor["minReplicas"] < predictor["maxReplicas"]
+    assert {m["type"] for m in predictor["autoScaling"]["metrics"]} == {"External", "Resource"}
+    assert json.loads(env_of(predictor["model"])["ONNXSERVE_STARTUP_MODELS"]) == ["fashion_cnn"]
+
+
+# --- the manifests agree with a real server ------------------------------------------------
+
+def series_names(metrics_text: str) -> dict[str, set[str]]:
+    """Every series name the server exports (a counter `x` is `x_total`, a histogram has
+    `_bucket`, `_sum`, `_count`), with the label names seen on it."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "summary": ("_sum", "_count", "")}
+    names: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for suffix in suffixes.get(family.type, ("",)):
+            names.setdefault(family.name + suffix, set())
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
+    return names
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A real server started with the CPU overlay's settings (ports and repository overridden by
+    flags, which win over the environment), after one good and one failed inference."""
+    repo = tmp_path_factory.mktemp("models")
+    write_model(repo, "affine", affine_graph(2.0, 1.0), affine_config())
+    container = server_container(only(render("cpu"), "Deployment")["spec"]["template"]["spec"])
+    server = start_server(repo, env=env_of(container))
+    try:
+        with triton.InferenceServerClient(server.grpc_address) as client:
+            x = triton.InferInput("x", [1, 4], "FP32")
+            x.set_data_from_numpy(np.ones((1, 4), np.float32))
+            client.infer("affine", [x])
+            with pytest.raises(Exception):
+                client.infer("missing", [x])
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> str:
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.RpcError as exc:
+                    return exc.code().name
+
+            yield {"server": server, "container": container, "health": status,
+                   "series": series_names(server.metrics_text())}
+    finally:
+        server.terminate()
+
+
+def test_manifest_settings_are_real_server_settings(live, monkeypatch):
+    from service.settings import ServerSettings  # pydantic only; no generated protobuf
+
+    fields = {f"ONNXSERVE_{name.upper()}" for name in ServerSettings.model_fields}
+    containers = [live["container"]]
+    containers += [server_container(only(render(o), "Deployment")["spec"]["template"]["spec"])
+                   for o in ("gpu",)]
+    containers += [server_container(only(render("kserve"), "ServingRuntime")["spec"]),
+                   only(render("kserve"), "InferenceService")["spec"]["predictor"]["model"]]
+    for container in containers:
+        settings = {k: v for k, v in env_of(container).items() if k.startswith("ONNXSERVE_")}
+        assert settings.keys() <= fields, settings.keys() - fields
+        with monkeypatch.context() as env:  # parsed as the server parses its environment
+            for name, value in settings.items():
+                env.setenv(name, value)
+            ServerSettings()
+    assert live["server"].process.poll() is None  # the CPU overlay's settings start a server
+
+
+@pytest.mark.parametrize("source", ["cpu", "gpu", "kserve"])
+def test_ports_and_probes_are_the_servers(live, source):
+    if source == "kserve":
+        container = server_container(only(render("kserve"), "ServingRuntime")["spec"])
+        grpc_port = next(p for p in container["ports"] if p["name"] == "h2c")["containerPort"]
+        metrics_port = int(only(render("kserve"), "ServingRuntime")["spec"]["annotations"]
+                           ["prometheus.kserve.io/port"])
+    else:
+        pod = only(render(source), "Deployment")["spec"]["template"]
+        container = server_container(pod["spec"])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        grpc_port, metrics_port = ports["grpc"], ports["metrics"]
+        assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == metrics_port
+        assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    env = env_of(container)
+    # The server listens where the manifest says: its settings name the same ports.
+    assert int(env["ONNXSERVE_GRPC_PORT"]) == grpc_port
+    assert int(env["ONNXSERVE_METRICS_PORT"]) == metrics_port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        check = container[probe]["grpc"]
+        assert check["port"] == grpc_port, probe
+        # The real server answers this exact health service name, and it is SERVING.
+        assert live["health"](check.get("service", "")) == "SERVING", probe
+
+
+def test_every_metric_named_in_the_manifests_is_exported(live):
+    series = live["series"]
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    served = {}
+    for rule in adapter["rules"]["custom"]:
+        (source,) = METRIC_NAME.findall(rule["seriesQuery"])
+        assert source in series, f"adapter rule reads {source}, which the server does not export"
+        served[re.sub(rule["name"]["matches"], rule["name"]["as"], source)] = source
+        for label in re.findall(r'(\w+)="', rule["metricsQuery"]):
+            assert label in series[source], f"{source} has no label {label}"
+    for overlay in OVERLAYS:
+        hpa = only(render(overlay), "HorizontalPodAutoscaler")
+        names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+        assert names and set(names) <= set(served), f"{overlay}: {names} not served by the adapter"
+        assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])  # the CPU fallback
+    isvc = only(render("kserve"), "InferenceService")
+    for metric in isvc["spec"]["predictor"]["autoScaling"]["metrics"]:
+        if metric["type"] == "External":
+            query = metric["external"]["metric"]["query"]
+            for name in METRIC_NAME.findall(query):
+                assert name in series, f"KServe scales on {name}, which the server does not export"
+                for label in re.findall(r'(\w+)="', query):
+                    assert label in series[name] | {"namespace", "pod"}, label
+
+
+def test_adapter_queries_are_valid_promql(tmp_path):
+    """promtool parses each rule's query as Prometheus will see it once the adapter fills in
+    its template (series, label matchers, group-by)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian's prometheus package, make apt-deps) is needed"
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    rules = []
+    for index, rule in enumerate(adapter["rules"]["custom"]):
+        (source,) = METRIC_NAME.findall(rule["seriesQuery"])
+        expr = (rule["metricsQuery"].replace("<<.Series>>", source)
+                .replace("<<.LabelMatchers>>", 'namespace="onnx-serve",pod=~"onnx-serve-.*"')
+                .replace("<<.GroupBy>>", "pod"))
+        rules.append({"record": f"check:{index}", "expr": expr})
+        rules.append({"record": f"series:{index}", "expr": rule["seriesQuery"]})
+    isvc = only(render("kserve"), "InferenceService")
+    for metric in isvc["spec"]["predictor"]["autoScaling"]["metrics"]:
+        if metric["type"] == "External":
+            rules.append({"record": "keda:0", "expr": metric["external"]["metric"]["query"]})
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
