@@ -8,23 +8,30 @@ import signal
 
 import grpc
 import prometheus_client
+from PIL import Image
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service._proto import grpc_service_pb2 as kserve_pb2
 from service._proto import grpc_service_pb2_grpc as kserve_grpc
+from service._proto import task_service_pb2 as task_pb2
+from service._proto import task_service_pb2_grpc as task_grpc
 from service.core.inference import InferenceCore
 from service.core.repository import ModelRepository
 from service.core.runtime import RuntimeOptions, choose_provider
 from service.errors import ServiceError
 from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.kserve import KServeServicer
+from service.grpc.task import TaskServicer
 from service.metrics import Metrics
 from service.settings import ServerSettings
+from service.tasks.core import TaskCore, TaskLimits
+from service.tasks.images import ImageLimits
 
 log = logging.getLogger(__name__)
 
 KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+TASK_SERVICE = task_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -38,6 +45,9 @@ class InferenceServer:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         prometheus_client.disable_created_metrics()  # *_created series only add scrape weight
+        # Our own, configurable limit (max_image_pixels) is checked from each image's header;
+        # Pillow's global bomb check would answer with its own message and limit instead.
+        Image.MAX_IMAGE_PIXELS = None
         self.metrics = Metrics()
         self.provider = choose_provider(settings.device)
         log.info("execution provider: %s (%s)", self.provider.provider, self.provider.reason)
@@ -48,6 +58,13 @@ class InferenceServer:
         )
         self.repository = ModelRepository(settings.models, self.provider, options, self.metrics)
         self.core = InferenceCore(self.repository, self.provider, self.metrics)
+        self.tasks = TaskCore(self.core, TaskLimits(
+            max_images=settings.max_images_per_request,
+            max_generate_count=settings.max_generate_count,
+            tile_size=settings.sr_tile_size,
+            tile_overlap=settings.sr_tile_overlap,
+            image=ImageLimits(max_pixels=settings.max_image_pixels),
+        ))
         self.health = health.aio.HealthServicer()
         self.core.readiness_listeners.append(self._model_health)
         self.interceptor = ServiceInterceptor(self.core, self.metrics)
@@ -63,9 +80,13 @@ class InferenceServer:
         kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.core), self.grpc_server
         )
+        task_grpc.add_TaskServiceServicer_to_server(
+            TaskServicer(self.core, self.tasks, limit), self.grpc_server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            [KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [KSERVE_SERVICE, TASK_SERVICE,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME],
             self.grpc_server,
         )
@@ -77,6 +98,7 @@ class InferenceServer:
         """Bind ports, load the startup models, then report SERVING."""
         await self.health.set("", NOT_SERVING)
         await self.health.set(KSERVE_SERVICE, NOT_SERVING)
+        await self.health.set(TASK_SERVICE, NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.grpc_port}"
         self.grpc_port = self.grpc_server.add_insecure_port(address)
         if self.grpc_port == 0:
@@ -98,8 +120,8 @@ class InferenceServer:
                 log.error("model '%s' not served: %s", name, exc.message)
         self.core.started = True
         status = SERVING if self.core.server_ready() else NOT_SERVING
-        await self.health.set("", status)
-        await self.health.set(KSERVE_SERVICE, status)
+        for service in ("", KSERVE_SERVICE, TASK_SERVICE):
+            await self.health.set(service, status)
         log.info(
             "serving: grpc_port=%d metrics_port=%d models=%s ready=%s",
             self.grpc_port, self.metrics_port, self.repository.ready_names(),
@@ -112,8 +134,8 @@ class InferenceServer:
         await self.health.set(name, SERVING if ready else NOT_SERVING)
         if self.core.started and not self.core.draining:
             overall = SERVING if self.core.server_ready() else NOT_SERVING
-            await self.health.set("", overall)
-            await self.health.set(KSERVE_SERVICE, overall)
+            for service in ("", KSERVE_SERVICE, TASK_SERVICE):
+                await self.health.set(service, overall)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish (up to

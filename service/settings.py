@@ -41,6 +41,16 @@ class ServerSettings(BaseSettings):
     """On SIGTERM, how long in-flight calls may take to finish before the process exits."""
     startup_models: list[str] | None = None
     """Models to load at start (default: every model in the repository)."""
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    """Task API: largest image (width x height) accepted, checked from the header before decoding."""
+    max_images_per_request: int = Field(default=256, ge=1)
+    """Task API: images (or latent vectors) per request."""
+    max_generate_count: int = Field(default=256, ge=1)
+    """Task API: images per Generate call."""
+    sr_tile_size: int = Field(default=128, ge=8)
+    """Task API: super-resolution input tile edge in pixels; bounds memory per model run."""
+    sr_tile_overlap: int = Field(default=16, ge=0)
+    """Task API: context pixels around each tile; must cover the network's receptive field."""
     log_format: Literal["text", "json"] = "text"
     """Log line format; json gives one object per line."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -142,3 +142,116 @@ def fault_config(**extra) -> dict:
     }
     config.update(extra)
     return config
+
+
+# -- small models of every task kind, for the task API -------------------------------------------
+
+IMAGE_SCALING = {"scale": 1 / 255, "mean": 0.5, "std": 0.5}  # pixels to [-1, 1] and back
+
+
+def _weights(name: str, shape, seed: int) -> TensorProto:
+    return numpy_helper.from_array(
+        np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 0.3, name)
+
+
+def brightness_classifier_graph(side: int = 8):
+    """probabilities = softmax([4m, -4m, 0]) where m is the mean input: bright images are class 0,
+    dark ones class 1."""
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, side, side])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
+    w = np.zeros((side * side, 3), np.float32)
+    w[:, 0], w[:, 1] = 4.0 / (side * side), -4.0 / (side * side)
+    nodes = [helper.make_node("Flatten", ["images"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    return helper.make_graph(nodes, "brightness", [x], [y], [numpy_helper.from_array(w, "w")])
+
+
+def latent_to_image_graph(latent: int = 4, side: int = 8, conditional: bool = False):
+    """images = tanh(latent @ W (+ class_label * v)), reshaped to 1 x side x side."""
+    z = helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["batch", latent])
+    ins = [z]
+    out = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, side, side])
+    inits = [_weights("w", (latent, side * side), 1),
+             numpy_helper.from_array(np.array([-1, 1, side, side], np.int64), "shape")]
+    nodes = [helper.make_node("MatMul", ["latent", "w"], ["mixed"])]
+    pre = "mixed"
+    if conditional:
+        ins.append(helper.make_tensor_value_info("class_label", TensorProto.INT64, ["batch", 1]))
+        inits.append(_weights("v", (1, side * side), 2))
+        nodes += [helper.make_node("Cast", ["class_label"], ["label_f"], to=TensorProto.FLOAT),
+                  helper.make_node("MatMul", ["label_f", "v"], ["shift"]),
+                  helper.make_node("Add", ["mixed", "shift"], ["conditioned"])]
+        pre = "conditioned"
+    nodes += [helper.make_node("Tanh", [pre], ["flat"]),
+              helper.make_node("Reshape", ["flat", "shape"], ["images"])]
+    return helper.make_graph(nodes, "generator", ins, [out], inits)
+
+
+def encoder_graph(latent: int = 4, side: int = 8):
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, side, side])
+    z = helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["batch", latent])
+    nodes = [helper.make_node("Flatten", ["images"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["latent"])]
+    return helper.make_graph(nodes, "encoder", [x], [z], [_weights("w", (side * side, latent), 3)])
+
+
+def identity_autoencoder_graph(side: int = 8):
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, side, side])
+    y = helper.make_tensor_value_info("reconstructions", TensorProto.FLOAT,
+                                      ["batch", 1, side, side])
+    return helper.make_graph([helper.make_node("Identity", ["images"], ["reconstructions"])],
+                             "autoencoder", [x], [y])
+
+
+def super_resolution_graph(scale: int):
+    """ESPCN-shaped: 3x3 conv to scale^2 channels, then depth-to-space; any height and width."""
+    x = helper.make_tensor_value_info("low_res", TensorProto.FLOAT, ["batch", 1, "h", "w"])
+    y = helper.make_tensor_value_info("high_res", TensorProto.FLOAT,
+                                      ["batch", 1, "H", "W"])
+    kernel = np.random.default_rng(4).uniform(0.0, 0.25, (scale * scale, 1, 3, 3))
+    nodes = [helper.make_node("Conv", ["low_res", "k"], ["features"], pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["features"], ["high_res"], blocksize=scale)]
+    return helper.make_graph(nodes, "espcn", [x], [y],
+                             [numpy_helper.from_array(kernel.astype(np.float32), "k")])
+
+
+def image_spec(name: str, side: int = 8) -> dict:
+    return {"name": name, "datatype": "FP32", "shape": [1, side, side]}
+
+
+def write_task_models(repo: Path) -> None:
+    """One small model of every task kind."""
+    write_model(repo, "brightness", brightness_classifier_graph(), {
+        "max_batch_size": 16, "inputs": [image_spec("images")],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [3]}],
+        "task": {"kind": "classifier", "labels": ["bright", "dark", "neutral"], "num_classes": 3,
+                 "input_scaling": IMAGE_SCALING, "color_mode": "grey"}})
+    latent = {"name": "latent", "datatype": "FP32", "shape": [4]}
+    write_model(repo, "gen", latent_to_image_graph(), {
+        "max_batch_size": 16, "inputs": [latent], "outputs": [image_spec("images")],
+        "task": {"kind": "generator", "latent_size": 4, "output_scaling": IMAGE_SCALING}})
+    write_model(repo, "cgen", latent_to_image_graph(conditional=True), {
+        "max_batch_size": 16,
+        "inputs": [latent, {"name": "class_label", "datatype": "INT64", "shape": [1]}],
+        "outputs": [image_spec("images")],
+        "task": {"kind": "conditional_generator", "latent_size": 4, "num_classes": 3,
+                 "labels": ["a", "b", "c"], "output_scaling": IMAGE_SCALING}})
+    write_model(repo, "enc", encoder_graph(), {
+        "max_batch_size": 16, "inputs": [image_spec("images")], "outputs": [latent],
+        "task": {"kind": "encoder", "latent_size": 4, "input_scaling": IMAGE_SCALING}})
+    write_model(repo, "dec", latent_to_image_graph(), {
+        "max_batch_size": 16, "inputs": [latent], "outputs": [image_spec("images")],
+        "task": {"kind": "decoder", "latent_size": 4, "output_scaling": IMAGE_SCALING}})
+    write_model(repo, "ae", identity_autoencoder_graph(), {
+        "max_batch_size": 16, "inputs": [image_spec("images")],
+        "outputs": [image_spec("reconstructions")],
+        "task": {"kind": "autoencoder", "input_scaling": IMAGE_SCALING,
+                 "output_scaling": IMAGE_SCALING}})
+    unit = {"scale": 1 / 255, "mean": 0.0, "std": 1.0}
+    write_model(repo, "sr", super_resolution_graph(3), {
+        "max_batch_size": 8,
+        "inputs": [{"name": "low_res", "datatype": "FP32", "shape": [1, -1, -1]}],
+        "outputs": [{"name": "high_res", "datatype": "FP32", "shape": [1, -1, -1]}],
+        "task": {"kind": "super_resolution", "upscale_factor": 3, "color_mode": "y",
+                 "input_scaling": unit, "output_scaling": unit}})

@@ -1,0 +1,361 @@
+"""Task-level operations (classify, generate, super-resolve, encode, decode, reconstruct).
+
+Each one turns images, labels and latent vectors into tensors from the model's config (task kind,
+signature, scaling, latent size, scale factor) and runs them through the same InferenceCore, and so
+the same batching scheduler and metrics, as the tensor API. A new model of a known kind needs no
+new code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from service.core.config import TaskKind
+from service.core.inference import InferenceCore
+from service.core.repository import ModelVersion
+from service.errors import InvalidArgument
+from service.tasks import images as img
+from service.tasks.tiling import Window, tile_windows
+
+AUTOENCODERS = (TaskKind.AUTOENCODER,)
+ENCODERS = (TaskKind.ENCODER,)
+DECODERS = (TaskKind.DECODER, TaskKind.GENERATOR)
+GENERATORS = (TaskKind.GENERATOR, TaskKind.CONDITIONAL_GENERATOR)
+CLASSIFIERS = (TaskKind.CLASSIFIER,)
+SUPER_RESOLUTION = (TaskKind.SUPER_RESOLUTION,)
+
+# Chroma planes are upscaled per strip with this much context, more than bicubic's 2-pixel
+# support, so strips join without seams.
+_CHROMA_MARGIN = 4
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    max_images: int
+    max_generate_count: int
+    tile_size: int
+    tile_overlap: int
+    image: img.ImageLimits
+
+
+@dataclass
+class Classified:
+    labels: list[tuple[int, str, float]]
+    conversion: str
+
+
+@dataclass
+class Generated:
+    images: list[Image.Image]
+    latents: np.ndarray
+    seed: int
+
+
+@dataclass
+class Strip:
+    """Rows [row_start, row_start + len(pixels)) of the upscaled image, HxWxC uint8."""
+
+    row_start: int
+    pixels: np.ndarray
+
+
+@dataclass
+class UpscalePlan:
+    width: int
+    height: int
+    channels: int
+    scale: int
+    conversion: str
+    strips: AsyncIterator[Strip]
+
+
+class TaskCore:
+    def __init__(self, core: InferenceCore, limits: TaskLimits):
+        self._core = core
+        self.limits = limits
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def model(self, name: str, version: str, kinds: tuple[TaskKind, ...], rpc: str) -> ModelVersion:
+        if not name:
+            raise InvalidArgument("model: a model name is required")
+        model = self._core.model(name, version)
+        kind = model.config.task.kind
+        if kind not in kinds:
+            wanted = " or ".join(k.value for k in kinds)
+            raise InvalidArgument(
+                f"model: '{name}' is a {kind.value} model; {rpc} needs a {wanted} model"
+            )
+        if model.config.max_batch_size < 1:
+            raise InvalidArgument(f"model: '{name}' has no batch axis; the task API needs one")
+        return model
+
+    def check_count(self, count: int, field: str, limit: int) -> None:
+        if count < 1 or count > limit:
+            raise InvalidArgument(f"{field}: expected 1..{limit} items, got {count}")
+
+    async def _run(
+        self, model: ModelVersion, inputs: dict[str, np.ndarray], deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        """Run N items, split into requests of at most max_batch_size that the batcher may merge
+        with other traffic; outputs are concatenated back in order."""
+        total = len(next(iter(inputs.values())))
+        step = model.config.max_batch_size
+        declared = {spec.name: spec.datatype for spec in model.config.inputs}
+        parts = await asyncio.gather(*(
+            self._core.infer(model.name, model.version_label,
+                             {k: v[start:start + step] for k, v in inputs.items()},
+                             declared, [], deadline)
+            for start in range(0, total, step)
+        ))
+        if len(parts) == 1:
+            return parts[0].outputs
+        return {name: np.concatenate([p.outputs[name] for p in parts]) for name in parts[0].outputs}
+
+    def _image_batch(self, model: ModelVersion, pictures: list[Image.Image]):
+        spec = model.config.inputs[0]
+        if len(spec.shape) != 3 or -1 in spec.shape:
+            raise InvalidArgument(
+                f"model: '{model.name}' input '{spec.name}' shape {spec.shape} is not a fixed "
+                "CxHxW image"
+            )
+        converted = [img.to_model_input(p, spec.shape, model.config.task.input_scaling)
+                     for p in pictures]
+        return spec.name, np.stack([c[0] for c in converted]), [c[1] for c in converted]
+
+    def _images_out(self, model: ModelVersion, tensor: np.ndarray):
+        """NxCxHxW model output to (uint8 images, unrounded 0..255 floats)."""
+        pixels = img.unscale_pixels(tensor, model.config.task.output_scaling)
+        return [img.chw_to_image(img.to_uint8(p)) for p in pixels], pixels
+
+    def _latents(self, model: ModelVersion, vectors: list[list[float]], field: str) -> np.ndarray:
+        size = model.config.task.latent_size
+        for i, vector in enumerate(vectors):
+            if len(vector) != size:
+                raise InvalidArgument(
+                    f"{field}[{i}]: has {len(vector)} values; model '{model.name}' expects "
+                    f"latent_size {size}"
+                )
+        latents = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), size)
+        if not np.isfinite(latents).all():
+            raise InvalidArgument(f"{field}: values must be finite numbers")
+        return latents
+
+    def _latent_input(self, model: ModelVersion) -> tuple[str, list[int]]:
+        spec = next((s for s in model.config.inputs if s.datatype in ("FP32", "FP16")), None)
+        if spec is None or int(np.prod(spec.shape)) != model.config.task.latent_size:
+            raise InvalidArgument(
+                f"model: '{model.name}' has no FP32 input of latent_size "
+                f"{model.config.task.latent_size} values"
+            )
+        return spec.name, spec.shape
+
+    # -- RPCs ---------------------------------------------------------------------------------
+
+    async def classify(
+        self, name: str, version: str, pictures: list[Image.Image], top_k: int,
+        deadline: float | None,
+    ) -> tuple[ModelVersion, list[Classified]]:
+        model = self.model(name, version, CLASSIFIERS, "Classify")
+        self.check_count(len(pictures), "images", self.limits.max_images)
+        task = model.config.task
+        classes = task.num_classes or len(task.labels or [])
+        top_k = top_k or 1
+        if top_k > classes:
+            raise InvalidArgument(f"top_k: expected 1..{classes}, got {top_k}")
+        input_name, batch, conversions = self._image_batch(model, pictures)
+        outputs = await self._run(model, {input_name: batch}, deadline)
+        probabilities = outputs[model.config.outputs[0].name].reshape(len(pictures), -1)
+        labels = task.labels or [str(i) for i in range(classes)]
+        results = []
+        for row, conversion in zip(probabilities, conversions):
+            best = np.argsort(-row, kind="stable")[:top_k]
+            results.append(Classified([(int(i), labels[i], float(row[i])) for i in best],
+                                      conversion))
+        return model, results
+
+    async def generate(
+        self, name: str, version: str, *, count: int, seed: int | None, class_label: int | None,
+        latents: list[list[float]], interpolation: tuple[list[float], list[float], int] | None,
+        deadline: float | None,
+    ) -> tuple[ModelVersion, Generated]:
+        model = self.model(name, version, GENERATORS, "Generate")
+        task = model.config.task
+        conditional = task.kind is TaskKind.CONDITIONAL_GENERATOR
+        if conditional and class_label is None:
+            raise InvalidArgument(
+                f"class_label: model '{name}' is a conditional generator; give a class label "
+                f"in 0..{task.num_classes - 1}"
+            )
+        if not conditional and class_label is not None:
+            raise InvalidArgument(
+                f"class_label: model '{name}' is not conditional; omit class_label "
+                f"(got {class_label})"
+            )
+        if conditional and not 0 <= class_label < task.num_classes:
+            raise InvalidArgument(
+                f"class_label: expected 0..{task.num_classes - 1}, got {class_label}"
+            )
+        seed = secrets.randbits(63) if seed is None else seed
+        rng = np.random.default_rng(seed)
+        size = task.latent_size
+        limit = self.limits.max_generate_count
+        if latents:
+            self.check_count(len(latents), "latents", limit)
+            vectors = self._latents(model, latents, "latents")
+        elif interpolation is not None:
+            start, end, steps = interpolation
+            if steps < 2 or steps > limit:
+                raise InvalidArgument(f"interpolation.steps: expected 2..{limit}, got {steps}")
+            a = self._latents(model, [start], "interpolation.start")[0] if start else \
+                rng.standard_normal(size, dtype=np.float32)
+            b = self._latents(model, [end], "interpolation.end")[0] if end else \
+                rng.standard_normal(size, dtype=np.float32)
+            t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+            vectors = (1 - t) * a + t * b
+        else:
+            count = count or 1
+            self.check_count(count, "count", limit)
+            vectors = rng.standard_normal((count, size), dtype=np.float32)
+
+        latent_name, latent_shape = self._latent_input(model)
+        inputs = {latent_name: vectors.reshape(len(vectors), *latent_shape)}
+        if conditional:
+            label_spec = next(s for s in model.config.inputs if s.name != latent_name)
+            inputs[label_spec.name] = np.full(
+                (len(vectors), *label_spec.shape), class_label, dtype=np.int64
+            )
+        outputs = await self._run(model, inputs, deadline)
+        pictures, _ = self._images_out(model, outputs[model.config.outputs[0].name])
+        return model, Generated(pictures, vectors, seed)
+
+    async def encode(self, name, version, pictures, deadline):
+        model = self.model(name, version, ENCODERS, "Encode")
+        self.check_count(len(pictures), "images", self.limits.max_images)
+        input_name, batch, _ = self._image_batch(model, pictures)
+        outputs = await self._run(model, {input_name: batch}, deadline)
+        return model, outputs[model.config.outputs[0].name].reshape(len(pictures), -1)
+
+    async def decode(self, name, version, latents, deadline):
+        model = self.model(name, version, DECODERS, "Decode")
+        self.check_count(len(latents), "latents", self.limits.max_images)
+        vectors = self._latents(model, latents, "latents")
+        latent_name, latent_shape = self._latent_input(model)
+        outputs = await self._run(
+            model, {latent_name: vectors.reshape(len(vectors), *latent_shape)}, deadline
+        )
+        return model, self._images_out(model, outputs[model.config.outputs[0].name])[0]
+
+    async def reconstruct(self, name, version, pictures, deadline):
+        model = self.model(name, version, AUTOENCODERS, "Reconstruct")
+        self.check_count(len(pictures), "images", self.limits.max_images)
+        input_name, batch, _ = self._image_batch(model, pictures)
+        outputs = await self._run(model, {input_name: batch}, deadline)
+        rebuilt, pixels = self._images_out(model, outputs[model.config.outputs[0].name])
+        originals = img.unscale_pixels(batch, model.config.task.input_scaling)
+        errors = (((pixels - originals) / 255.0) ** 2).reshape(len(pictures), -1).mean(axis=1)
+        return model, rebuilt, [float(e) for e in errors]
+
+    # -- super-resolution -----------------------------------------------------------------------
+
+    def plan_upscale(self, name: str, version: str, picture: Image.Image,
+                     deadline: float | None) -> tuple[ModelVersion, UpscalePlan]:
+        """Validate and describe the upscale; its strips are computed lazily, tile row by tile
+        row, so memory stays bounded by one row of tiles."""
+        model = self.model(name, version, SUPER_RESOLUTION, "SuperResolve")
+        task = model.config.task
+        scale = task.upscale_factor
+        spec = model.config.inputs[0]
+        network_channels = spec.shape[0] if spec.shape else 1
+        mode = task.color_mode or ("rgb" if network_channels == 3 else "y")
+        alpha = picture.getchannel("A") if picture.mode == "RGBA" else None
+        base = picture.convert("RGB") if picture.mode == "RGBA" else picture
+        grey = base.mode == "L"
+        if mode == "rgb":
+            planes = np.asarray(base.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+            how = "RGB through the network"
+        elif grey:
+            planes = np.asarray(base, dtype=np.float32)[None]
+            how = "grey through the network"
+        elif mode == "y":
+            ycbcr = base.convert("YCbCr")
+            planes = np.asarray(ycbcr.getchannel("Y"), dtype=np.float32)[None]
+            how = "Y through the network, CbCr bicubic"
+        else:  # a grey network given a colour image
+            planes = np.asarray(base.convert("L"), dtype=np.float32)[None]
+            how = "converted to grey"
+        chroma = base.convert("YCbCr") if (mode == "y" and not grey) else None
+        if alpha is not None:
+            how += ", alpha resized"
+        single_plane = planes.shape[0] == 1 and chroma is None
+        out_channels = 4 if alpha is not None else (1 if single_plane else 3)
+        width, height = picture.size
+        tile, overlap = self.limits.tile_size, self.limits.tile_overlap
+        rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
+        how += (f"; {len(rows) * len(cols)} tile(s) of at most {tile}x{tile} "
+                f"(overlap {overlap}) at x{scale}")
+        plan = UpscalePlan(
+            width=width * scale, height=height * scale, channels=out_channels, scale=scale,
+            conversion=f"{picture.mode} {width}x{height}: {how}",
+            strips=self._strips(model, planes, chroma, alpha, rows, cols, deadline),
+        )
+        return model, plan
+
+    async def _strips(self, model, planes, chroma, alpha, rows: list[Window],
+                      cols: list[Window], deadline) -> AsyncIterator[Strip]:
+        scale = model.config.task.upscale_factor
+        task = model.config.task
+        spec = model.config.inputs[0]
+        width = planes.shape[2]
+        for row in rows:
+            tiles = np.stack([
+                planes[:, row.start:row.start + row.length, col.start:col.start + col.length]
+                for col in cols
+            ])
+            outputs = await self._run(
+                model, {spec.name: img.scale_pixels(tiles, task.input_scaling)}, deadline
+            )
+            result = img.unscale_pixels(outputs[model.config.outputs[0].name],
+                                        task.output_scaling)
+            top, bottom = (row.core_start - row.start) * scale, (row.core_end - row.start) * scale
+            strip = np.empty((planes.shape[0], (row.core_end - row.core_start) * scale,
+                              width * scale), np.float32)
+            for col, tile_out in zip(cols, result):
+                left = (col.core_start - col.start) * scale
+                right = (col.core_end - col.start) * scale
+                strip[:, :, col.core_start * scale:col.core_end * scale] = \
+                    tile_out[:, top:bottom, left:right]
+            yield Strip(row.core_start * scale,
+                        self._finish_strip(img.to_uint8(strip), chroma, alpha, row, scale))
+
+    @staticmethod
+    def _finish_strip(network: np.ndarray, chroma, alpha, row: Window, scale: int) -> np.ndarray:
+        """Network output rows (CxHxW uint8) to HxWxC pixels, adding chroma and alpha."""
+        rows = network.shape[1]
+        planes = list(network)  # grey, Y, or R, G, B
+        if chroma is not None:
+            cb, cr = (_upscaled_band(chroma.getchannel(b), row, scale, rows) for b in ("Cb", "Cr"))
+            ycbcr = Image.merge("YCbCr", [Image.fromarray(p) for p in (planes[0], cb, cr)])
+            planes = list(np.asarray(ycbcr.convert("RGB")).transpose(2, 0, 1))
+        if alpha is not None:
+            if len(planes) == 1:
+                planes *= 3  # grey with alpha goes out as RGBA
+            planes.append(_upscaled_band(alpha, row, scale, rows))
+        return np.stack(planes, axis=-1)
+
+
+def _upscaled_band(channel: Image.Image, row: Window, scale: int, rows: int) -> np.ndarray:
+    """The rows of `channel` under `row`'s core, bicubic-upscaled, with context so that bands
+    join without seams."""
+    top = max(row.core_start - _CHROMA_MARGIN, 0)
+    bottom = min(row.core_end + _CHROMA_MARGIN, channel.height)
+    band = channel.crop((0, top, channel.width, bottom)).resize(
+        (channel.width * scale, (bottom - top) * scale), Image.Resampling.BICUBIC)
+    skip = (row.core_start - top) * scale
+    return np.asarray(band)[skip:skip + rows]
