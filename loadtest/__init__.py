@@ -1,0 +1,1 @@
+"""Load tests and benchmarks for onnx-serve: Locust users, a headless sweep, `make bench`."""
