@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         "--graph-optimization": ("graph_optimization", "disable, basic, extended or all"),
         "--max-message-bytes": ("max_message_bytes", "largest gRPC message"),
         "--shutdown-grace": ("shutdown_grace_s", "seconds in-flight calls get on SIGTERM"),
+        "--max-image-pixels": ("max_image_pixels", "task API: largest image, width x height"),
+        "--max-images-per-request": ("max_images_per_request", "task API: images per request"),
+        "--max-generate-count": ("max_generate_count", "task API: images per Generate"),
+        "--sr-tile-size": ("sr_tile_size", "task API: super-resolution tile edge, pixels"),
+        "--sr-tile-overlap": ("sr_tile_overlap", "task API: context around each tile, pixels"),
         "--log-format": ("log_format", "text or json"),
         "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR"),
     }
