@@ -51,3 +51,10 @@ $(APT_STAMP): | $(VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py* .pytest_cache
+
+# Benchmarks, not tests (never part of `make test`): served vs in-process ONNX Runtime ratios for
+# the five targets of issue 8; prints one table and `bench <id> measured=... goal=... PASS|FAIL`.
+# BENCH_SECONDS (per step, default 5) and BENCH_RSS_SECONDS (default 300) shorten or lengthen it.
+.PHONY: bench
+bench: install-dev proto
+	$(PY) -m loadtest.bench

@@ -1,0 +1,266 @@
+"""`make bench`: served throughput and latency as ratios to the in-process ONNX Runtime ceiling.
+
+Setup (issue 8): the server pinned to one core (`taskset -c 0`) with one intra-op thread; this
+process, the load generator, pinned to the other core(s); the ceiling is the same ONNX file run in a
+loop by ONNX Runtime on the server's core with the same threads and batch sizes. Absolute numbers
+on shared machines move by 10-20% between runs; ratios measured in the same run move far less.
+
+Prints one table, then one line per target:
+    bench <id> measured=<value> goal=<op><value> PASS|FAIL
+and exits 0 whatever the outcome (a benchmark, not a test).
+
+Environment: BENCH_SECONDS (measurement window per step, default 5), BENCH_RSS_SECONDS (the
+long run for rss_growth, default 300), BENCH_MODELS (repository, default models/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from loadtest import harness
+from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config
+
+ROOT = harness.ROOT
+
+
+@dataclass
+class Target:
+    id: str
+    measured: float
+    op: str
+    goal: float
+    note: str = ""
+    extra_ok: bool = True
+
+    @property
+    def passed(self) -> bool:
+        if self.measured != self.measured:  # NaN: not measured
+            return False
+        ok = self.measured >= self.goal if self.op == ">=" else self.measured <= self.goal
+        return ok and self.extra_ok
+
+    def line(self) -> str:
+        return (f"bench {self.id} measured={self.measured:.2f} goal={self.op}{self.goal:.2f} "
+                f"{'PASS' if self.passed else 'FAIL'}")
+
+
+def find_model(repo: Path, wanted: str, fallback: str | None, notes: list[str]) -> Path | None:
+    def usable(name):
+        path = repo / name
+        return path if (path / "config.yaml").is_file() and any(
+            p.name.isdigit() for p in path.iterdir()) else None
+
+    found = usable(wanted)
+    if found:
+        return found
+    if fallback and usable(fallback):
+        notes.append(f"models/{wanted} is missing: using {fallback} in its place")
+        return usable(fallback)
+    notes.append(f"models/{wanted} is missing: its target is not measured")
+    return None
+
+
+def unbatched_repo(target: Path, models: list[Path]) -> Path:
+    """A repository serving `models` with dynamic batching off: each config is a copy with
+    dynamic_batching.enabled false, the version folders are symlinks (the server refuses a model
+    folder that is itself a link out of its repository, not links inside it)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        copy = target / model.name
+        copy.mkdir()
+        for child in model.iterdir():
+            if child.name != "config.yaml":
+                (copy / child.name).symlink_to(child.resolve())
+        config = yaml.safe_load((model / "config.yaml").read_text())
+        config.setdefault("dynamic_batching", {})["enabled"] = False
+        (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def ceiling(pin: list[str], model: Path, sizes: list[int], seconds: float) -> dict[int, dict]:
+    """The ceiling, measured in its own process on the server's core."""
+    out = subprocess.run(
+        [*pin, sys.executable, "-m", "loadtest.ceiling", str(model), "--batch-sizes",
+         ",".join(map(str, sizes)), "--seconds", str(seconds), "--intra-op-threads", "1",
+         "--json"], cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    return {int(k): v for k, v in json.loads(out.stdout).items()}
+
+
+def payload(model: Path, batch: int) -> bytes:
+    signature = signature_from_config(model)
+    inputs, _ = make_inputs(signature, batch, "real", image_size=256)
+    return infer_request_bytes(model.name, inputs, signature)
+
+
+class Table:
+    HEAD = (f"{'step':<34} {'model':<12} {'cli':>3} {'bat':>3} {'served/s':>10} "
+            f"{'ceiling/s':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} "
+            f"{'cliCPU':>6} {'srvCPU':>6}")
+
+    def __init__(self):
+        self.rows: list[str] = []
+
+    def add(self, step: str, model: str, r: harness.LoadResult, ceiling_items: float | None,
+            unit_per_item: bool = True):
+        served = r.items_per_s
+        ratio = served / ceiling_items if ceiling_items else float("nan")
+        self.rows.append(
+            f"{step:<34} {model:<12} {r.clients:>3} {r.batch_size:>3} {served:>10.1f} "
+            f"{(ceiling_items or float('nan')):>10.1f} {ratio:>6.2f} {r.p50_ms:>8.3f} "
+            f"{r.percentile_ms(99):>8.3f} {r.mean_batch(model):>6.1f} {r.client_cpu:>6.2f} "
+            f"{(r.server_cpu or float('nan')):>6.2f}")
+        return ratio
+
+    def print(self):
+        print(self.HEAD)
+        print("-" * len(self.HEAD))
+        for row in self.rows:
+            print(row)
+
+
+def knee(address: str, model: Path, server: harness.Server, seconds: float,
+         table: Table) -> int:
+    """Smallest concurrency reaching 90% of the best throughput seen (batch 1)."""
+    body = payload(model, 1)
+    best, results = 0.0, {}
+    for clients in (1, 2, 4, 8, 16, 32):
+        r = harness.closed_loop(address, body, clients, 1, seconds, 0.5, server=server)
+        table.add(f"knee scan", model.name, r, None)
+        results[clients] = r.items_per_s
+        best = max(best, r.items_per_s)
+    return min(c for c, v in results.items() if v >= 0.9 * best)
+
+
+def main() -> int:
+    seconds = float(os.environ.get("BENCH_SECONDS", "5"))
+    rss_seconds = float(os.environ.get("BENCH_RSS_SECONDS", "300"))
+    repo = Path(os.environ.get("BENCH_MODELS", ROOT / "models"))
+    notes: list[str] = []
+    pin, client_cores = harness.cores()
+    if pin:
+        os.sched_setaffinity(0, {int(c) for c in client_cores})
+        notes.append(f"server and ceiling pinned with `{' '.join(pin)}`; load generator on "
+                     f"core(s) {','.join(map(str, client_cores))}")
+    else:
+        notes.append("fewer than 2 cores: nothing pinned, figures are indicative only")
+
+    cnn = find_model(repo, "fashion_cnn", "fashion_mlp", notes)
+    sr = find_model(repo, "espcn_x3", None, notes)
+    if cnn is None:
+        print("no classifier model found under", repo, file=sys.stderr)
+        return 0
+    cnn_config = yaml.safe_load((cnn / "config.yaml").read_text())
+    delay_s = cnn_config.get("dynamic_batching", {}).get("max_queue_delay_us", 500) / 1e6
+
+    cnn_ceiling = ceiling(pin, cnn, [1, 32, 64], max(2.0, seconds / 2))
+    sr_ceiling = ceiling(pin, sr, [1], max(2.0, seconds / 2)) if sr else None
+
+    table = Table()
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        off_repo = unbatched_repo(Path(tmp) / "off", [cnn])
+        names = [arg for m in (cnn, sr) if m for arg in ("--model", m.name)]
+        server = harness.start_server(repo, *names, pin=pin)
+        try:
+            addr = server.address
+            # 1. one client, 64 items per request
+            r = harness.closed_loop(addr, payload(cnn, 64), 1, 64, seconds, server=server)
+            ratio = table.add("1 cnn_batch64", cnn.name, r, cnn_ceiling[64]["items_per_s"])
+            targets.append(Target("cnn_batch64_ratio", ratio, ">=", 0.90))
+
+            # 2. four clients, one 256x256 image each, x3 super-resolution
+            if sr:
+                r = harness.closed_loop(addr, payload(sr, 1), 4, 1, seconds, server=server)
+                ratio = table.add("2 sr_x3_256 (4 clients)", sr.name, r,
+                                  sr_ceiling[1]["items_per_s"])
+                targets.append(Target("sr_x3_256_ratio", ratio, ">=", 0.90))
+            else:
+                targets.append(Target("sr_x3_256_ratio", float("nan"), ">=", 0.90,
+                                      "models/espcn_x3 missing"))
+
+            # 3. one client, one item: the serving layer's own latency
+            r = harness.closed_loop(addr, payload(cnn, 1), 1, 1, seconds, server=server)
+            table.add("3 rpc_overhead (1 client, 1 item)", cnn.name, r,
+                      cnn_ceiling[1]["items_per_s"])
+            overhead = r.p50_ms - cnn_ceiling[1]["p50_ms"]
+            targets.append(Target("rpc_overhead_p50_ms", overhead, "<=", 0.5,
+                                  f"served p50 {r.p50_ms:.3f} ms - in-process p50 "
+                                  f"{cnn_ceiling[1]['p50_ms']:.3f} ms"))
+
+            # 4. 32 clients, one item each, dynamic batching on
+            body = payload(cnn, 1)
+            on = harness.closed_loop(addr, body, 32, 1, seconds, server=server)
+            ratio = table.add("4 batching on (32x1)", cnn.name, on,
+                              cnn_ceiling[32]["items_per_s"])
+            p99_bound = 2 * (delay_s * 1000 + cnn_ceiling[32]["p50_ms"])
+
+            # 5. rss_growth at the knee of the throughput curve
+            knee_clients = knee(addr, cnn, server, max(1.0, seconds / 2), table)
+            knee_body = payload(cnn, 1)
+            harness.closed_loop(addr, knee_body, knee_clients, 1, 10.0, 0.0, server=server)
+            rss_warm = server.rss_mib()
+            long_run = harness.closed_loop(addr, knee_body, knee_clients, 1, rss_seconds, 0.0,
+                                           server=server)
+            table.add(f"5 rss run {rss_seconds:.0f}s", cnn.name, long_run, None)
+            rss_end = server.rss_mib()
+        finally:
+            server.stop()
+
+        server = harness.start_server(off_repo, "--model", cnn.name, pin=pin)
+        try:
+            off = harness.closed_loop(server.address, body, 32, 1, seconds, server=server)
+            table.add("4 batching off (32x1)", cnn.name, off, cnn_ceiling[32]["items_per_s"])
+        finally:
+            server.stop()
+
+    p99_ok = on.percentile_ms(99) <= p99_bound
+    not_slower = on.items_per_s >= off.items_per_s
+    targets.insert(3, Target(
+        "batching_32x1_ratio", ratio, ">=", 0.60,
+        f"p99 {on.percentile_ms(99):.2f} ms (bound {p99_bound:.2f} ms: "
+        f"{'ok' if p99_ok else 'OVER'}); mean executed batch on {on.mean_batch(cnn.name):.1f}, "
+        f"off {off.mean_batch(cnn.name):.1f}; on/off items/s "
+        f"{on.items_per_s / off.items_per_s:.2f} ({'ok' if not_slower else 'SLOWER'})",
+        extra_ok=p99_ok and not_slower))
+    targets.append(Target("rss_growth", rss_end / rss_warm, "<=", 1.10,
+                          f"RSS {rss_warm:.1f} MiB after warm-up, {rss_end:.1f} MiB after "
+                          f"{rss_seconds:.0f} s at {knee_clients} clients (the knee)"))
+
+    print()
+    print("in-process ceiling (ONNX Runtime, 1 intra-op thread, same core):")
+    for name, results in ((cnn.name, cnn_ceiling), (sr.name if sr else "", sr_ceiling or {})):
+        for batch, c in results.items():
+            print(f"  {name:<12} batch {batch:>3}: {c['items_per_s']:>10.1f} items/s, "
+                  f"p50 {c['p50_ms']:.3f} ms per run")
+    print()
+    table.print()
+    print()
+    print("cli = clients, bat = items per request, batch = mean executed batch (server histogram),")
+    print("cliCPU/srvCPU = cores used by the load generator / the server during the window")
+    for note in notes:
+        print("note:", note)
+    for target in targets:
+        if target.note:
+            print(f"{target.id}: {target.note}")
+    worst_client = max(float(row.split()[-2]) for row in table.rows)
+    if worst_client > 0.8:
+        print(f"warning: the load generator used up to {worst_client:.2f} cores: "
+              "it may be what limits some steps")
+    print()
+    for target in targets:
+        print(target.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""What the sweep and the bench share: a pinned server process, a lean closed-loop gRPC client,
+and readings of the server's own metrics, CPU time and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from loadtest.payloads import MODEL_INFER
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cores() -> tuple[list[str], list[str]]:
+    """(taskset prefix for the server, cores for the load generator): separate cores when the
+    host has at least two, no pinning otherwise."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return [], available
+    return ["taskset", "-c", str(available[0])], available[1:]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    grpc_port: int = 0
+    metrics_port: int = 0
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=10) as response:
+            return response.read().decode()
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def start_server(repo: Path, *args: str, pin: list[str] | None = None,
+                 intra_op_threads: int = 1, timeout: float = 120) -> Server:
+    """`python -m service serve` on ports 0, pinned with `pin` (a taskset prefix)."""
+    command = [*(pin or []), sys.executable, "-m", "service", "serve", "--models", str(repo),
+               "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+               "--log-format", "json", "--device", "cpu",
+               "--intra-op-threads", str(intra_op_threads), *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    server = Server(process)
+    ready = threading.Event()
+
+    def drain():
+        for raw in process.stderr:
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                line = {"message": raw.rstrip()}
+            server.log.append(line)
+            if line.get("event") == "serving":
+                server.grpc_port, server.metrics_port = line["grpc_port"], line["metrics_port"]
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not ready.wait(timeout) or not server.grpc_port:
+        process.kill()
+        raise RuntimeError("server did not start: "
+                           + " | ".join(m.get("message", "") for m in server.log[-10:]))
+    return server
+
+
+def histogram_totals(text: str, name: str, **labels) -> tuple[float, float]:
+    """(sum, count) of one histogram over every series matching `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name + "_sum":
+                    total += sample.value
+                elif sample.name == name + "_count":
+                    count += sample.value
+    return total, count
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    batch_size: int
+    seconds: float
+    calls: int
+    errors: int
+    latencies: list[float]  # seconds, calls started and finished inside the window
+    client_cpu: float       # cores used by this process during the window
+    server_cpu: float | None = None
+    metrics_before: str = ""
+    metrics_after: str = ""
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def items_per_s(self) -> float:
+        return self.calls * self.batch_size / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies) * 1000 if self.latencies else float("nan")
+
+    def mean_batch(self, model: str) -> float:
+        """Mean executed batch size over the window, from the server's own histogram."""
+        s1, c1 = histogram_totals(self.metrics_after, "inference_batch_size", model=model)
+        s0, c0 = histogram_totals(self.metrics_before, "inference_batch_size", model=model)
+        return (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")
+
+    def mean_ms(self, metric: str, model: str) -> float:
+        s1, c1 = histogram_totals(self.metrics_after, metric, model=model)
+        s0, c0 = histogram_totals(self.metrics_before, metric, model=model)
+        return (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
+
+
+async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: int,
+                       seconds: float, warmup: float, timeout: float, server: Server | None):
+    options = [("grpc.max_receive_message_length", 256 << 20),
+               ("grpc.max_send_message_length", 256 << 20)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        # Bytes in, bytes out: the request is serialised once, the response is not parsed.
+        call = channel.unary_unary(MODEL_INFER)
+        await call(payload, timeout=max(timeout, 30))  # connect and check once, outside timing
+        loop = asyncio.get_running_loop()
+        begin = time.perf_counter() + warmup
+        end = begin + seconds
+        latencies: list[float] = []
+        counts = {"calls": 0, "errors": 0}
+
+        async def client():
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= end:
+                    return
+                try:
+                    await call(payload, timeout=timeout)
+                    ok = True
+                except grpc.aio.AioRpcError:
+                    ok = False
+                t1 = time.perf_counter()
+                if begin <= t0 and t1 <= end:
+                    if ok:
+                        counts["calls"] += 1
+                        latencies.append(t1 - t0)
+                    else:
+                        counts["errors"] += 1
+
+        readings = {}
+
+        async def window():
+            await asyncio.sleep(max(0.0, begin - time.perf_counter()))
+            if server is not None:
+                readings["m0"] = await loop.run_in_executor(None, server.metrics_text)
+                readings["s0"] = server.cpu_seconds()
+            readings["c0"], readings["w0"] = time.process_time(), time.perf_counter()
+            await asyncio.sleep(max(0.0, end - time.perf_counter()))
+            readings["c1"], readings["w1"] = time.process_time(), time.perf_counter()
+            if server is not None:
+                readings["s1"] = server.cpu_seconds()
+                readings["m1"] = await loop.run_in_executor(None, server.metrics_text)
+
+        await asyncio.gather(window(), *(client() for _ in range(clients)))
+    wall = readings["w1"] - readings["w0"]
+    result = LoadResult(clients, batch_size, seconds, counts["calls"], counts["errors"],
+                        latencies, (readings["c1"] - readings["c0"]) / wall)
+    if server is not None:
+        result.server_cpu = (readings["s1"] - readings["s0"]) / wall
+        result.metrics_before, result.metrics_after = readings["m0"], readings["m1"]
+    return result
+
+
+def closed_loop(address: str, payload: bytes, clients: int, batch_size: int, seconds: float,
+                warmup: float = 1.0, timeout: float = 10.0, server: Server | None = None
+                ) -> LoadResult:
+    """`clients` concurrent callers, each sending the next request as soon as the last returns,
+    for `seconds` after `warmup`; measures this process's own CPU use over the same window."""
+    return asyncio.run(_closed_loop(address, payload, clients, batch_size, seconds, warmup,
+                                    timeout, server))
