@@ -207,9 +207,13 @@ http {{
         # grpc_next_upstream lists) takes a replica out for fail_timeout; then it is tried again.
 {servers}
         keepalive 32;
+        keepalive_requests 1000000;
     }}
     server {{
         listen 127.0.0.1:{port} http2;
+        # nginx closes a client connection after 1000 requests by default (GOAWAY), and a call
+        # racing that GOAWAY fails: an error of the proxy's own, not of any replica event.
+        keepalive_requests 1000000;
         location / {{
             grpc_pass grpc://replicas;
             grpc_connect_timeout 1s;
