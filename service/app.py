@@ -78,7 +78,7 @@ class InferenceServer:
             ],
         )
         kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.core), self.grpc_server
+            KServeServicer(self.core, settings.max_load_file_bytes), self.grpc_server
         )
         task_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self.core, self.tasks, limit), self.grpc_server

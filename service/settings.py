@@ -37,6 +37,8 @@ class ServerSettings(BaseSettings):
     """ONNX Runtime graph optimisation level."""
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     """Largest gRPC message accepted or sent."""
+    max_load_file_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Largest total of model files a load request may carry (tritonclient load_model files)."""
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long in-flight calls may take to finish before the process exits."""
     startup_models: list[str] | None = None

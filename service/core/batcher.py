@@ -68,10 +68,10 @@ class BatchScheduler:
         self._target = max(preferred) if preferred else self._max_batch
         self._delay = config.dynamic_batching.max_queue_delay_us / 1e6
         self._max_queue = config.dynamic_batching.max_queue_size
-        self._input_names = [spec.name for spec in config.inputs]
-        # Requests can only be concatenated when their per-item shapes agree, which is only in
-        # doubt for inputs with variable dims (e.g. images of any height and width).
-        self._shapes_vary = any(-1 in spec.shape for spec in config.inputs)
+        # Requests can only be concatenated when they carry the same inputs with the same per-item
+        # shapes, which is only in doubt for variable dims (e.g. images of any height and width)
+        # and optional inputs.
+        self._shapes_vary = any(-1 in spec.graph_shape or spec.optional for spec in config.inputs)
         self._output_names = runtime.output_names
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -144,7 +144,9 @@ class BatchScheduler:
             return False
         if self._shapes_vary and batch:
             first = batch[0].inputs
-            return all(first[n].shape[1:] == entry.inputs[n].shape[1:] for n in self._input_names)
+            return first.keys() == entry.inputs.keys() and all(
+                first[n].shape[1:] == entry.inputs[n].shape[1:] for n in first
+            )
         return True
 
     def _take(self, batch: list[_Queued], size: int) -> int:
@@ -223,7 +225,7 @@ class BatchScheduler:
         else:
             inputs = {
                 name: np.concatenate([entry.inputs[name] for entry in live])
-                for name in self._input_names
+                for name in live[0].inputs
             }
         total = sum(entry.batch_size for entry in live)
         t1 = time.perf_counter()

@@ -65,13 +65,27 @@ class TensorSpec(_Strict):
     """Open Inference Protocol datatype (FP32, INT64, ...)."""
     shape: list[int]
     """Dimensions without the batch axis when max_batch_size > 0; -1 for a variable one."""
+    reshape: list[int] | None = None
+    """The shape the graph itself has (without batch axis), when it differs from `shape`."""
+    optional: bool = False
+    """Inputs only: requests may leave it out (the graph must give it a default)."""
 
     @model_validator(mode="after")
     def _dims_valid(self) -> TensorSpec:
-        bad = [d for d in self.shape if d == 0 or d < -1]
-        if bad:
-            raise ValueError(f"shape dims must be positive or -1, got {self.shape}")
+        for field, dims in (("shape", self.shape), ("reshape", self.reshape or [])):
+            if any(d == 0 or d < -1 for d in dims):
+                raise ValueError(f"{field} dims must be positive or -1, got {dims}")
+        if self.reshape is not None and -1 not in self.shape + self.reshape:
+            if int(np.prod(self.shape)) != int(np.prod(self.reshape)):
+                raise ValueError(
+                    f"reshape {self.reshape} must hold as many elements as shape {self.shape}"
+                )
         return self
+
+    @property
+    def graph_shape(self) -> list[int]:
+        """Dims (without batch axis) of the tensor inside the graph."""
+        return self.shape if self.reshape is None else self.reshape
 
 
 class DynamicBatching(_Strict):
@@ -168,6 +182,8 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
     instance_count: int = Field(default=1, ge=1, le=64)
     """ONNX Runtime sessions per loaded version, run concurrently."""
+    instance_kind: Literal["auto", "cpu"] = "auto"
+    """auto: the server's execution provider (CUDA when usable); cpu: always the CPU."""
     version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
     task: TaskMetadata = Field(default_factory=TaskMetadata)
     model_filename: str = Field(default="model.onnx", pattern=r"^[A-Za-z0-9_.-]+$")

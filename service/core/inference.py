@@ -14,15 +14,17 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from service.core.repository import ModelRepository, ModelVersion
+from service.core.repository import LoadOverride, ModelRepository, ModelVersion
 from service.core.runtime import ProviderChoice
-from service.core.tensors import check_inputs, check_requested_outputs
+from service.core.tensors import (
+    check_inputs, check_requested_outputs, from_graph_shapes, to_graph_shapes,
+)
 from service.errors import Unavailable
 from service.metrics import Metrics
 
 SERVER_NAME = "onnx-serve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["model_repository", "statistics", "health", "reflection"]
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "health", "reflection"]
 
 
 @dataclass
@@ -95,23 +97,27 @@ class InferenceCore:
         model = self.model(name, version)
         batch_size = check_inputs(model.config, name, inputs, declared)
         wanted = check_requested_outputs(model.config, name, requested)
+        inputs = dict(inputs)
+        to_graph_shapes(model.config, inputs, batch_size)
         started = time.perf_counter()
         inflight = self.metrics.inflight.labels(name)
         inflight.inc()
         try:
-            outputs = await model.scheduler.infer(dict(inputs), batch_size, deadline)
+            outputs = await model.scheduler.infer(inputs, batch_size, deadline)
         except BaseException:
             model.stats.fail.add(time.perf_counter() - started)
             raise
         finally:
             inflight.dec()
         model.stats.success.add(time.perf_counter() - started)
-        return InferResult(model, {name: outputs[name] for name in wanted})
+        chosen = {name: outputs[name] for name in wanted}
+        from_graph_shapes(model.config, chosen)
+        return InferResult(model, chosen)
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, override: LoadOverride | None = None) -> None:
         """Load or reload a model; listeners hear the model's readiness afterwards either way."""
         try:
-            await self.repository.load(name)
+            await self.repository.load(name, override)
         finally:
             await self._notify(name)
 

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.core.batcher import BatchScheduler
-from service.core.config import CONFIG_FILENAME, ModelConfig, load_model_config
+from service._proto import model_config_pb2 as mc
+from service.core import triton_config
+from service.core.config import CONFIG_FILENAME, ModelConfig, VersionPolicy, load_model_config
 from service.core.runtime import OnnxModel, ProviderChoice, RuntimeOptions
 from service.core.stats import VersionStats
+from service.core.triton_config import PBTXT_FILENAME
 from service.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from service.metrics import Metrics
 
@@ -59,6 +62,40 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+# A version sent in a load request: `<version>/<file name>`, nothing else.
+_OVERRIDE_FILE = re.compile(r"^([1-9][0-9]{0,8})/([A-Za-z0-9_.-]+)$")
+
+
+@dataclass(frozen=True)
+class LoadOverride:
+    """What a load request may carry (as tritonclient's load_model sends it): a JSON ModelConfig
+    replacing the model's config, and model files keyed `<version>/<file name>`, kept in memory
+    and never written to the repository."""
+
+    config_json: str | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def version_files(self, filename: str, policy: VersionPolicy) -> dict[int, bytes]:
+        versions = {}
+        for key, data in self.files.items():
+            match = _OVERRIDE_FILE.match(key)
+            if not match or match.group(2) != filename or ".." in key:
+                raise ModelLoadError(
+                    f"parameter 'file:{key}': expected 'file:<version>/{filename}'"
+                )
+            versions[int(match.group(1))] = data
+        selected = policy.select(list(versions))
+        return {v: versions[v] for v in selected}
+
+
+def _looks_like_model(path: Path) -> bool:
+    if (path / CONFIG_FILENAME).is_file() or (path / PBTXT_FILENAME).is_file():
+        return True
+    return path.is_dir() and any(
+        v.is_dir() and v.name.isdigit() and any(v.glob("*.onnx")) for v in path.iterdir()
+    )
+
+
 def validate_model_name(name: str) -> str:
     if not _MODEL_NAME.match(name or "") or ".." in name:
         raise InvalidArgument(
@@ -81,13 +118,12 @@ class ModelRepository:
     # -- discovery ------------------------------------------------------------------------------
 
     def available_names(self) -> list[str]:
-        """Model directories in the repository, loaded or not."""
+        """Model directories in the repository, loaded or not: those with a config.yaml or a
+        config.pbtxt, or (Triton-style, config completed from the graph) a version with a model."""
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name for p in self.root.iterdir()
-            if (p / CONFIG_FILENAME).is_file() and _MODEL_NAME.match(p.name)
-        )
+        return sorted(p.name for p in self.root.iterdir()
+                      if _MODEL_NAME.match(p.name) and _looks_like_model(p))
 
     def _model_dir(self, name: str) -> Path:
         path = (self.root / validate_model_name(name)).resolve()
@@ -97,13 +133,14 @@ class ModelRepository:
 
     # -- load / unload ----------------------------------------------------------------------------
 
-    async def load(self, name: str) -> None:
-        """Load a model, or reload it with the versions and config now on disk."""
+    async def load(self, name: str, override: LoadOverride | None = None) -> None:
+        """Load a model, or reload it with the versions and config now on disk; `override`
+        replaces the config (and optionally the files) for this load only."""
         model_dir = self._model_dir(name)
-        if not (model_dir / CONFIG_FILENAME).is_file():
+        if override is None and not _looks_like_model(model_dir):
             raise NotFound(
-                f"model '{name}' not found in repository {self.root} "
-                f"(no {name}/{CONFIG_FILENAME})"
+                f"model '{name}' not found in repository {self.root} (no {name}/{CONFIG_FILENAME}"
+                f", {name}/{PBTXT_FILENAME} or {name}/<version>/model.onnx)"
             )
         entry = self._models.setdefault(name, ModelEntry(name, ModelState.LOADING))
         async with entry.lock:
@@ -111,18 +148,19 @@ class ModelRepository:
                 entry.state = ModelState.LOADING
             new_versions: dict[int, ModelVersion] = {}
             try:
-                config = load_model_config(model_dir / CONFIG_FILENAME)
-                numbers = self._select_versions(model_dir, config)
-                for number in numbers:
-                    new_versions[number] = await self._load_version(
-                        name, number, model_dir, config
-                    )
+                # Reading a Triton config may open the graph to complete it: not on the loop.
+                config, sources = await asyncio.to_thread(
+                    self._resolve, name, model_dir, override)
+                for number, source in sources.items():
+                    new_versions[number] = await self._load_version(name, number, source, config)
             except ModelLoadError as exc:
                 log.error("model load failed: %s", exc.message)
                 if not entry.versions:
                     entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
                 for version in new_versions.values():
                     await self._retire(version)
+                if override is not None:
+                    raise InvalidArgument(exc.message) from None  # the request's own content
                 raise
             old = entry.versions
             entry.config, entry.versions = config, new_versions
@@ -157,29 +195,59 @@ class ModelRepository:
                 await self._retire(version)
             entry.versions = {}
 
-    def _select_versions(self, model_dir: Path, config: ModelConfig) -> list[int]:
-        on_disk = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    def _resolve(
+        self, name: str, model_dir: Path, override: LoadOverride | None
+    ) -> tuple[ModelConfig, dict[int, Path | bytes]]:
+        """The config to load with, and each selected version's model (file or bytes)."""
+        if override is not None and override.config_json is not None:
+            source = f"load request for '{name}', parameter 'config'"
+            triton = triton_config.parse_json(override.config_json, source)
+        else:
+            native, pbtxt = triton_config.config_files(model_dir)
+            if native is not None:
+                config = load_model_config(native)
+                return config, self._on_disk(model_dir, config.version_policy,
+                                             config.model_filename, str(native))
+            source = str(pbtxt or model_dir)
+            triton = triton_config.parse_pbtxt(pbtxt) if pbtxt else mc.ModelConfig()
+        triton_config.check_backend(triton, name, source)
+        filename = triton.default_model_filename or "model.onnx"
+        policy = VersionPolicy(**triton_config.version_policy(triton))
+        if override is not None and override.files:
+            sources = override.version_files(filename, policy)
+        else:
+            sources = self._on_disk(model_dir, policy, filename, source)
+        triton_config.autocomplete(triton, name, sources[max(sources)])
+        return triton_config.from_triton(triton, name, source, model_dir), sources
+
+    @staticmethod
+    def _on_disk(model_dir: Path, policy: VersionPolicy, filename: str,
+                 source: str) -> dict[int, Path]:
+        on_disk = [int(p.name) for p in model_dir.iterdir()
+                   if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
         if not on_disk:
-            raise ModelLoadError(f"{model_dir}: no version directories (expected e.g. {model_dir}/1/)")
-        selected = config.version_policy.select([v for v in on_disk if v > 0])
+            raise ModelLoadError(f"{model_dir}: no version directories (expected e.g. "
+                                 f"{model_dir}/1/{filename})")
+        selected = policy.select([v for v in on_disk if v > 0])
         if not selected:
             raise ModelLoadError(
-                f"{model_dir / CONFIG_FILENAME}: field 'version_policy' selects none of the "
-                f"versions on disk {sorted(on_disk)}"
+                f"{source}: field 'version_policy' selects none of the versions on disk "
+                f"{sorted(on_disk)}"
             )
-        return selected
+        return {v: model_dir / str(v) / filename for v in selected}
 
     async def _load_version(
-        self, name: str, number: int, model_dir: Path, config: ModelConfig
+        self, name: str, number: int, source: Path | bytes, config: ModelConfig
     ) -> ModelVersion:
-        path = model_dir / str(number) / config.model_filename
+        where = (str(source) if isinstance(source, Path)
+                 else f"{name}/{number}/{config.model_filename} (sent with the load request)")
 
         def build() -> OnnxModel:
-            runtime = OnnxModel(path, config, self._choice, self._options)
+            runtime = OnnxModel(source, config, self._choice, self._options, where)
             try:
                 runtime.warm_up(config)
             except Exception as exc:
-                raise ModelLoadError(f"{path}: warm-up run failed: {exc}") from None
+                raise ModelLoadError(f"{where}: warm-up run failed: {exc}") from None
             return runtime
 
         # Sessions are built in a thread: loading a large model must not stall serving.

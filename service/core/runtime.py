@@ -98,10 +98,18 @@ class OnnxModel:
     """`instance_count` sessions over one ONNX file; `run(i, ...)` uses instance i."""
 
     def __init__(
-        self, path: Path, config: ModelConfig, choice: ProviderChoice, options: RuntimeOptions
+        self, source: Path | bytes, config: ModelConfig, choice: ProviderChoice,
+        options: RuntimeOptions, where: str = "",
     ):
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: model file not found")
+        """`source` is the ONNX file, or its bytes (a model sent in a load request); `where`
+        names it in errors."""
+        path = where or str(source)
+        if isinstance(source, Path):
+            if not source.is_file():
+                raise ModelLoadError(f"{path}: model file not found")
+            source = str(source)
+        if config.instance_kind == "cpu":
+            choice = ProviderChoice(CPU, "instance_kind cpu")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = options.intra_op_threads
         opts.inter_op_num_threads = options.inter_op_threads
@@ -109,7 +117,7 @@ class OnnxModel:
         opts.log_severity_level = 3  # warnings from ORT about unused initialisers etc. are noise
         try:
             self._sessions = [
-                ort.InferenceSession(str(path), sess_options=opts, providers=choice.providers)
+                ort.InferenceSession(source, sess_options=opts, providers=choice.providers)
                 for _ in range(config.instance_count)
             ]
         except Exception as exc:  # ORT raises its own exception types for corrupt graphs
@@ -143,7 +151,7 @@ class OnnxModel:
             inputs = {
                 spec.name: np.zeros(
                     ([size] if size else [])
-                    + [d if d > 0 else WARMUP_VARIABLE_DIM for d in spec.shape],
+                    + [d if d > 0 else WARMUP_VARIABLE_DIM for d in spec.graph_shape],
                     dtype=NUMPY_DTYPES[spec.datatype],
                 )
                 for spec in config.inputs
@@ -152,17 +160,15 @@ class OnnxModel:
                 self.run(instance, inputs)
 
 
-def _check_signature(session: ort.InferenceSession, config: ModelConfig, path: Path) -> None:
+def _check_signature(session: ort.InferenceSession, config: ModelConfig, path: str) -> None:
     """The config must describe the graph: names, dtypes and every fixed dim."""
     batch_axes = 1 if config.max_batch_size > 0 else 0
     for group, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         by_name = {node.name: node for node in actual}
         declared = getattr(config, group)
-        if {s.name for s in declared} != set(by_name) and group == "inputs":
-            raise ModelLoadError(
-                f"{path}: config {group} {sorted(s.name for s in declared)} do not match the "
-                f"graph's {sorted(by_name)}"
-            )
+        undeclared = sorted(set(by_name) - {s.name for s in declared})
+        if group == "inputs" and undeclared:
+            raise ModelLoadError(f"{path}: graph input(s) {undeclared} are not in the config")
         for index, spec in enumerate(declared):
             node = by_name.get(spec.name)
             where = f"{path}: config field '{group}.{index}'"
@@ -176,13 +182,13 @@ def _check_signature(session: ort.InferenceSession, config: ModelConfig, path: P
                     f"{where}: datatype {spec.datatype} but the graph says {datatype}"
                 )
             graph_dims = list(node.shape)[batch_axes:]
-            if len(graph_dims) != len(spec.shape):
+            want_dims = spec.graph_shape
+            label = "reshape" if spec.reshape is not None else "shape"
+            if len(graph_dims) != len(want_dims) or any(
+                isinstance(have, int) and want != -1 and want != have
+                for want, have in zip(want_dims, graph_dims)
+            ):
                 raise ModelLoadError(
-                    f"{where}: shape {spec.shape} (batch axis {'implicit' if batch_axes else 'none'})"
-                    f" but the graph's is {list(node.shape)}"
+                    f"{where}: {label} {want_dims} (batch axis "
+                    f"{'implicit' if batch_axes else 'none'}) but the graph's is {list(node.shape)}"
                 )
-            for want, have in zip(spec.shape, graph_dims):
-                if isinstance(have, int) and want != -1 and want != have:
-                    raise ModelLoadError(
-                        f"{where}: shape {spec.shape} but the graph's is {list(node.shape)}"
-                    )

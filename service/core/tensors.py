@@ -39,7 +39,7 @@ def check_inputs(
     the client's own terms.
     """
     expected = {spec.name: spec for spec in config.inputs}
-    missing = [name for name in expected if name not in inputs]
+    missing = [name for name, spec in expected.items() if name not in inputs and not spec.optional]
     if missing:
         raise InvalidArgument(
             f"model '{model}': missing input(s) {missing}; expected {sorted(expected)}"
@@ -94,3 +94,20 @@ def check_requested_outputs(config: ModelConfig, model: str, requested: list[str
     if dupes:
         raise InvalidArgument(f"model '{model}': output(s) {dupes} requested more than once")
     return requested
+
+
+def to_graph_shapes(config: ModelConfig, inputs: dict[str, np.ndarray], batch_size: int) -> None:
+    """Reshape (views, no copies) inputs whose graph shape differs from their declared shape."""
+    lead = [batch_size] if config.max_batch_size > 0 else []
+    for spec in config.inputs:
+        if spec.reshape is not None and spec.name in inputs:
+            inputs[spec.name] = inputs[spec.name].reshape(lead + spec.reshape)
+
+
+def from_graph_shapes(config: ModelConfig, outputs: dict[str, np.ndarray]) -> None:
+    """Give outputs whose graph shape differs from their declared shape the declared one."""
+    for spec in config.outputs:
+        if spec.reshape is not None and spec.name in outputs:
+            array = outputs[spec.name]
+            lead = list(array.shape[:1]) if config.max_batch_size > 0 else []
+            outputs[spec.name] = array.reshape(lead + spec.shape)

@@ -13,8 +13,9 @@ from service._proto import grpc_service_pb2 as pb
 from service._proto import grpc_service_pb2_grpc as pb_grpc
 from service.core.config import ModelConfig
 from service.core.inference import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceCore
-from service.core.repository import ModelState, ModelVersion, validate_model_name
+from service.core.repository import LoadOverride, ModelState, ModelVersion, validate_model_name
 from service.core.tensors import full_shape
+from service.core.triton_config import to_triton
 from service.errors import InvalidArgument, NotFound, ServiceError
 from service.grpc.kserve_codec import decode_inputs, encode_outputs
 
@@ -41,8 +42,9 @@ def task_parameters(config: ModelConfig) -> dict[str, object]:
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore):
+    def __init__(self, core: InferenceCore, max_load_bytes: int):
         self._core = core
+        self._max_load_bytes = max_load_bytes
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -129,14 +131,47 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                     )
         return response
 
+    async def ModelConfig(self, request, context):
+        model = self._core.model(request.name, request.version)
+        return pb.ModelConfigResponse(
+            config=to_triton(model.config, model.name, model.runtime.provider)
+        )
+
     async def RepositoryModelLoad(self, request, context):
         self._check_repository(request.repository_name)
-        if request.parameters:
-            raise InvalidArgument(
-                f"RepositoryModelLoad parameters are not supported; got {sorted(request.parameters)}"
-            )
-        await self._core.load(validate_model_name(request.model_name))
+        name = validate_model_name(request.model_name)
+        await self._core.load(name, self._override(request.parameters))
         return pb.RepositoryModelLoadResponse()
+
+    def _override(self, parameters) -> LoadOverride | None:
+        """tritonclient's load_model(config=..., files=...) parameters, checked."""
+        if not parameters:
+            return None
+        config_json, files, total = None, {}, 0
+        for key, value in parameters.items():
+            kind = value.WhichOneof("parameter_choice")
+            if key == "config":
+                if kind != "string_param":
+                    raise InvalidArgument("parameter 'config': expected a JSON string")
+                config_json = value.string_param
+            elif key.startswith("file:"):
+                if kind != "bytes_param":
+                    raise InvalidArgument(f"parameter '{key}': expected the file's bytes")
+                files[key[len("file:"):]] = value.bytes_param
+                total += len(value.bytes_param)
+            else:
+                raise InvalidArgument(
+                    f"RepositoryModelLoad: unknown parameter '{key}'; expected 'config' and "
+                    "'file:<version>/<file name>'"
+                )
+        if files and config_json is None:
+            raise InvalidArgument("RepositoryModelLoad: files need a 'config' parameter too")
+        if total > self._max_load_bytes:
+            raise InvalidArgument(
+                f"RepositoryModelLoad: files total {total} bytes; the limit is "
+                f"{self._max_load_bytes} (max_load_file_bytes)"
+            )
+        return LoadOverride(config_json, files)
 
     async def RepositoryModelUnload(self, request, context):
         self._check_repository(request.repository_name)
