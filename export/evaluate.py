@@ -334,6 +334,22 @@ def write_table(models: list[Bundled], path: Path, command: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _quantized_note(m: Bundled, base: str, model_dir: Path) -> str:
+    """Accuracy and latency change against the float model the variant came from."""
+    stored = model_dir.parent / base / "metrics.json"
+    if not stored.exists():
+        return f"- Quantized from `{base}`."
+    ref = json.loads(stored.read_text())
+    parts = [f"- Quantized from `{base}`"]
+    if "test_accuracy" in ref and "test_accuracy" in m.metrics:
+        delta = 100 * (m.metrics["test_accuracy"] - ref["test_accuracy"])
+        parts.append(f"test accuracy change {delta:+.2f} points")
+    for key, label in (("latency_b1_ms", "batch 1"), ("latency_bmax_ms", "batch 64")):
+        if key in ref and m.metrics.get(key):
+            parts.append(f"{label} latency {ref[key]:.2f} -> {m.metrics[key]:.2f} ms")
+    return "; ".join(parts) + " (float model measured in the same eval run when both are selected)."
+
+
 def write_card(m: Bundled, model_dir: Path, command: str) -> None:
     """models/<name>/README.md from card.json (written at export) plus the measured metrics."""
     card_path = model_dir / "card.json"
@@ -351,12 +367,13 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
         f"- Task kind: `{cfg.task.kind.value}`; inputs {sig_in}; outputs {sig_out} "
         f"(batch axis implicit, max batch {cfg.max_batch_size}).",
         f"- Dataset: {card.get('dataset', 'n/a')}.",
-        f"- Training command: `{card.get('train_command', 'n/a')}` ({card.get('epochs', '?')} epochs), "
-        f"then `python -m export {m.name}`.",
+        f"- Training command: `{card.get('train_command', 'n/a')}` ({card.get('epochs', '?')} epochs)"
+        + (f", then `python -m export {m.name}`." if "quantized_from" not in export else "."),
         f"- Parameters: {export.get('parameters', 'n/a'):,}; ONNX file: {m.path.stat().st_size / 1024:.0f} KiB "
         f"(opset {export.get('opset', '?')}).",
-        f"- Export parity (max |ORT - PyTorch|, tolerance {export.get('parity_tolerance', '?')}): "
-        + ", ".join(f"{k} {v:.1e}" for k, v in export.get("parity_max_abs_diff", {}).items()) + ".",
+        (f"- Export parity (max |ORT - PyTorch|, tolerance {export.get('parity_tolerance', '?')}): "
+         + ", ".join(f"{k} {v:.1e}" for k, v in export.get("parity_max_abs_diff", {}).items()) + "."
+         if "quantized_from" not in export else _quantized_note(m, export["quantized_from"], model_dir)),
         "",
         f"## Quality (measured by `{command}`)",
         "",
