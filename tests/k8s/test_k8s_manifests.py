@@ -363,3 +363,57 @@ def test_adapter_queries_are_valid_promql(tmp_path):
     result = subprocess.run([promtool, "check", "rules", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kserve_runtime_serves_the_bundled_classifier(tmp_path):
+    """The ServingRuntime's command, arguments and environment plus the InferenceService's,
+    on the bundled repository standing in for /mnt/models: the model it names loads, health
+    "" turns SERVING, and the KEDA query's series carries that model's label."""
+    docs = render("kserve")
+    runtime = server_container(only(docs, "ServingRuntime")["spec"])
+    predictor = only(docs, "InferenceService")["spec"]["predictor"]
+    env = {**env_of(runtime), **env_of(predictor["model"])}
+    (name,) = json.loads(env["ONNXSERVE_STARTUP_MODELS"])
+    config = yaml.safe_load((ROOT / "models" / name / "config.yaml").read_text())
+    assert config["platform"] == "onnxruntime_onnx"  # what modelFormat onnx promises
+    assert runtime["command"] == ["python", "-m", "service", "serve"]
+    args = [str(ROOT / "models") if a == "/mnt/models" else a for a in runtime["args"]]
+    server = start_server(ROOT / "models", *args, env=env)
+    try:
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with triton.InferenceServerClient(server.grpc_address) as client:
+            assert client.is_model_ready(name)
+            loaded = {m.name for m in client.get_model_repository_index().models
+                      if m.state == "READY"}
+            assert loaded == {name}  # only the InferenceService's model, not the whole folder
+        query = next(m["external"]["metric"]["query"]
+                     for m in predictor["autoScaling"]["metrics"] if m["type"] == "External")
+        assert f'model="{name}"' in query
+        assert 'model="%s"' % name in server.metrics_text()
+    finally:
+        server.terminate()
+
+
+def test_manifests_agree_with_the_image_and_the_server_defaults():
+    """The Dockerfile's user and ports, and the server's default ports, are the manifests'."""
+    from service.settings import ServerSettings
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.search(r"^USER (\d+)", dockerfile, re.M)
+    exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", dockerfile, re.M)
+               for p in line.split()}
+    assert json.loads(re.search(r"^ENTRYPOINT (.+)$", dockerfile, re.M).group(1)) == \
+        ["python", "-m", "service"]
+    defaults = ServerSettings.model_fields
+    for overlay in OVERLAYS:
+        pod = only(render(overlay), "Deployment")["spec"]["template"]["spec"]
+        ports = {p["containerPort"] for p in server_container(pod)["ports"]}
+        assert ports <= exposed
+        assert ports == {defaults["grpc_port"].default, defaults["metrics_port"].default}
+        assert user and pod["securityContext"]["runAsUser"] == int(user.group(1))
+    runtime = server_container(only(render("kserve"), "ServingRuntime")["spec"])
+    assert runtime["securityContext"]["runAsUser"] == int(user.group(1))
+    assert runtime["command"][:3] == ["python", "-m", "service"]
