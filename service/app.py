@@ -20,6 +20,7 @@ from service.core.inference import InferenceCore
 from service.core.repository import ModelRepository
 from service.core.runtime import RuntimeOptions, choose_provider
 from service.errors import ServiceError
+from service.grpc.auth import ApiKeys, AuthInterceptor
 from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.kserve import KServeServicer
 from service.grpc.task import TaskServicer
@@ -68,10 +69,15 @@ class InferenceServer:
         self.health = health.aio.HealthServicer()
         self.core.readiness_listeners.append(self._model_health)
         self.interceptor = ServiceInterceptor(self.core, self.metrics)
+        self.keys = ApiKeys.from_settings(settings)
+        interceptors = [self.interceptor]
+        if self.keys.enabled:
+            # Inside the service interceptor, so refused calls are counted like any other.
+            interceptors.append(AuthInterceptor(self.keys, settings.public_health))
 
         limit = settings.max_message_bytes
         self.grpc_server = grpc.aio.server(
-            interceptors=[self.interceptor],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -100,11 +106,18 @@ class InferenceServer:
         await self.health.set(KSERVE_SERVICE, NOT_SERVING)
         await self.health.set(TASK_SERVICE, NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.grpc_port}"
-        self.grpc_port = self.grpc_server.add_insecure_port(address)
+        credentials = self._tls_credentials()
+        if credentials is None:
+            self.grpc_port = self.grpc_server.add_insecure_port(address)
+        else:
+            self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC address {address}")
+        authorize = None
+        if self.keys.enabled and not self.settings.public_health:
+            authorize = self._authorized_scrape
         self._metrics_http, self.metrics_port = self.metrics.serve_http(
-            self.settings.host, self.settings.metrics_port
+            self.settings.host, self.settings.metrics_port, authorize
         )
         await self.grpc_server.start()
 
@@ -129,6 +142,23 @@ class InferenceServer:
             extra={"event": "serving", "grpc_port": self.grpc_port,
                    "metrics_port": self.metrics_port},
         )
+
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        settings = self.settings
+        if settings.tls_cert_file is None:
+            return None
+        if settings.tls_key_file is None:
+            raise ValueError("tls_cert_file is set but tls_key_file is not")
+        client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+        log.info("gRPC over TLS%s", " with client certificates required" if client_ca else "")
+        return grpc.ssl_server_credentials(
+            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+            root_certificates=client_ca, require_client_auth=client_ca is not None,
+        )
+
+    def _authorized_scrape(self, header: str) -> bool:
+        scheme, _, key = header.partition(" ")
+        return scheme.lower() == "bearer" and self.keys.role(key.strip()) is not None
 
     async def _model_health(self, name: str, ready: bool) -> None:
         await self.health.set(name, SERVING if ready else NOT_SERVING)

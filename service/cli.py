@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-generate-count": ("max_generate_count", "task API: images per Generate"),
         "--sr-tile-size": ("sr_tile_size", "task API: super-resolution tile edge, pixels"),
         "--sr-tile-overlap": ("sr_tile_overlap", "task API: context around each tile, pixels"),
+        "--tls-cert": ("tls_cert_file", "PEM server certificate: serve over TLS"),
+        "--tls-key": ("tls_key_file", "PEM private key of the server certificate"),
+        "--tls-client-ca": ("tls_client_ca_file", "PEM CA: require client certificates (mTLS)"),
+        "--api-keys-file": ("api_keys_file", "file of inference API keys, one per line"),
+        "--admin-keys-file": ("admin_keys_file", "file of admin API keys, one per line"),
         "--log-format": ("log_format", "text or json"),
         "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR"),
     }

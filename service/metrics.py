@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import socketserver
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 # 100 us .. 10 s in 1-1.5-2-3-5-7.5 steps: fine enough for p50/p95/p99 and, being fixed buckets,
 # aggregatable across replicas with histogram_quantile(sum by (le) (rate(...))).
@@ -80,7 +85,33 @@ class Metrics:
             except KeyError:
                 pass
 
-    def serve_http(self, host: str, port: int) -> tuple[object, int]:
-        """Start the /metrics HTTP server in a daemon thread; returns (server, bound port)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(
+        self, host: str, port: int, authorize: Callable[[str], bool] | None = None
+    ) -> tuple[WSGIServer, int]:
+        """Serve /metrics over HTTP in a daemon thread; returns (server, bound port). With
+        `authorize`, a scrape must send an Authorization header it accepts."""
+        app = make_wsgi_app(self.registry)
+        if authorize is not None:
+            app = _require_authorization(app, authorize)
+        server = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server, server.server_port
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - one line per scrape is noise
+        pass
+
+
+def _require_authorization(app, authorize: Callable[[str], bool]):
+    def guarded(environ, start_response):
+        if not authorize(environ.get("HTTP_AUTHORIZATION", "")):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"missing or invalid API key\n"]
+        return app(environ, start_response)
+
+    return guarded

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A 4096 x 4096 RGB float32 tensor is 192 MiB; leave room for the protobuf envelope.
@@ -53,6 +53,22 @@ class ServerSettings(BaseSettings):
     """Task API: super-resolution input tile edge in pixels; bounds memory per model run."""
     sr_tile_overlap: int = Field(default=16, ge=0)
     """Task API: context pixels around each tile; must cover the network's receptive field."""
+    tls_cert_file: Path | None = None
+    """PEM server certificate (chain): serve gRPC over TLS."""
+    tls_key_file: Path | None = None
+    """PEM private key of the server certificate."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: require client certificates signed by it (mutual TLS)."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Inference API keys (env: JSON list); clients send 'authorization: Bearer <key>'."""
+    api_keys_file: Path | None = None
+    """File of inference API keys, one per line."""
+    admin_keys: list[SecretStr] = Field(default_factory=list)
+    """Admin API keys: everything inference keys may do, plus repository load and unload."""
+    admin_keys_file: Path | None = None
+    """File of admin API keys, one per line."""
+    public_health: bool = True
+    """Health checks, reflection and /metrics need no key even when keys are configured."""
     log_format: Literal["text", "json"] = "text"
     """Log line format; json gives one object per line."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

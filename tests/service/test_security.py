@@ -1,0 +1,215 @@
+"""TLS, mutual TLS and API keys, proven with throwaway certificates and real clients."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from conftest import ROOT
+from onnx_builders import affine_config, affine_graph, write_model
+
+INFERENCE_KEY = "inference-key-5d1c0b"
+ADMIN_KEY = "admin-key-9e77aa"
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_ca: Path
+    rogue_client_cert: Path
+    rogue_client_key: Path
+
+
+def _key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _certificate(subject_key, subject: str, issuer_key, issuer: str, *, ca: bool, server: bool):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(_name(subject)).issuer_name(_name(issuer))
+               .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, cert=None, key=None) -> Path:
+    if cert is not None:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca_key, rogue_key = _key(), _key()
+    ca = _certificate(ca_key, "test-ca", ca_key, "test-ca", ca=True, server=False)
+    rogue = _certificate(rogue_key, "rogue-ca", rogue_key, "rogue-ca", ca=True, server=False)
+    server_key, client_key, rogue_client_key = _key(), _key(), _key()
+    return Pki(
+        ca=_write(d / "ca.pem", ca),
+        server_cert=_write(d / "server.pem", _certificate(
+            server_key, "localhost", ca_key, "test-ca", ca=False, server=True)),
+        server_key=_write(d / "server.key", key=server_key),
+        client_cert=_write(d / "client.pem", _certificate(
+            client_key, "client", ca_key, "test-ca", ca=False, server=False)),
+        client_key=_write(d / "client.key", key=client_key),
+        rogue_ca=_write(d / "rogue.pem", rogue),
+        rogue_client_cert=_write(d / "rogue-client.pem", _certificate(
+            rogue_client_key, "intruder", rogue_key, "rogue-ca", ca=False, server=False)),
+        rogue_client_key=_write(d / "rogue-client.key", key=rogue_client_key),
+    )
+
+
+@pytest.fixture
+def repo(tmp_path):
+    write_model(tmp_path, "affine", affine_graph(2.0, 0.0), affine_config())
+    return tmp_path
+
+
+def infer(client, **kwargs):
+    x = np.ones((1, 4), np.float32)
+    tensor = triton.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer("affine", [tensor], client_timeout=10, **kwargs).as_numpy("y")
+
+
+def fails_with(call, code: str, *fragments: str):
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    assert info.value.status() == f"StatusCode.{code}", info.value
+    for fragment in fragments:
+        assert fragment in info.value.message()
+
+
+def test_tls_refuses_plaintext_and_wrong_ca(repo, pki, server_factory):
+    server = server_factory(repo, "--tls-cert", str(pki.server_cert),
+                            "--tls-key", str(pki.server_key))
+    trusted = triton.InferenceServerClient(server.grpc_address, ssl=True,
+                                           root_certificates=str(pki.ca))
+    assert infer(trusted).tolist() == [[2.0] * 4]
+    plaintext = triton.InferenceServerClient(server.grpc_address)
+    fails_with(lambda: infer(plaintext), "UNAVAILABLE")
+    wrong_ca = triton.InferenceServerClient(server.grpc_address, ssl=True,
+                                            root_certificates=str(pki.rogue_ca))
+    fails_with(lambda: infer(wrong_ca), "UNAVAILABLE")
+    assert server.process.poll() is None
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(repo, pki, server_factory):
+    server = server_factory(repo, "--tls-cert", str(pki.server_cert),
+                            "--tls-key", str(pki.server_key),
+                            "--tls-client-ca", str(pki.ca))
+    with_cert = triton.InferenceServerClient(
+        server.grpc_address, ssl=True, root_certificates=str(pki.ca),
+        private_key=str(pki.client_key), certificate_chain=str(pki.client_cert))
+    assert infer(with_cert).tolist() == [[2.0] * 4]
+    without_cert = triton.InferenceServerClient(server.grpc_address, ssl=True,
+                                                root_certificates=str(pki.ca))
+    fails_with(lambda: infer(without_cert), "UNAVAILABLE")
+    rogue_cert = triton.InferenceServerClient(
+        server.grpc_address, ssl=True, root_certificates=str(pki.ca),
+        private_key=str(pki.rogue_client_key), certificate_chain=str(pki.rogue_client_cert))
+    fails_with(lambda: infer(rogue_cert), "UNAVAILABLE")
+
+
+def test_api_keys(repo, tmp_path, server_factory):
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"# inference keys\n{INFERENCE_KEY}\n")
+    server = server_factory(repo, "--api-keys-file", str(keys),
+                            env={"ONNXSERVE_ADMIN_KEYS": f'["{ADMIN_KEY}"]'})
+    client = triton.InferenceServerClient(server.grpc_address)
+    fails_with(lambda: infer(client), "UNAUTHENTICATED",
+               "missing API key: send metadata 'authorization: Bearer <key>'")
+    fails_with(lambda: infer(client, headers={"authorization": "Bearer nope"}),
+               "UNAUTHENTICATED", "invalid API key")
+    fails_with(lambda: infer(client, headers={"authorization": INFERENCE_KEY}),
+               "UNAUTHENTICATED", "must be 'Bearer <key>'")
+    inference = {"authorization": f"Bearer {INFERENCE_KEY}"}
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert infer(client, headers=inference).tolist() == [[2.0] * 4]
+    assert infer(client, headers=admin).tolist() == [[2.0] * 4]
+    fails_with(lambda: client.load_model("affine", headers=inference), "PERMISSION_DENIED",
+               "RepositoryModelLoad needs an admin key")
+    fails_with(lambda: client.unload_model("affine", headers=inference), "PERMISSION_DENIED")
+    client.load_model("affine", headers=admin)
+
+    # Health and metrics stay readable without a key (the default).
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+    text = server.metrics_text()
+    assert 'code="UNAUTHENTICATED"' in text and 'code="PERMISSION_DENIED"' in text
+    # Keys are never logged.
+    log = "\n".join(str(line) for line in server.log_lines)
+    assert INFERENCE_KEY not in log and ADMIN_KEY not in log
+
+
+def test_private_health_and_metrics(repo, server_factory):
+    server = server_factory(repo, env={"ONNXSERVE_API_KEYS": f'["{INFERENCE_KEY}"]',
+                                       "ONNXSERVE_PUBLIC_HEALTH": "false"})
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = health.Check(health_pb2.HealthCheckRequest(), timeout=10,
+                          metadata=[("authorization", f"Bearer {INFERENCE_KEY}")])
+        assert ok.status == health_pb2.HealthCheckResponse.SERVING
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with pytest.raises(urllib.error.HTTPError) as http_error:
+        urllib.request.urlopen(url, timeout=10)
+    assert http_error.value.code == 401
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert b"inference_requests_total" in response.read()
+
+
+def test_cli_passes_tls_and_headers(repo, pki, tmp_path, server_factory):
+    server = server_factory(repo, "--tls-cert", str(pki.server_cert),
+                            "--tls-key", str(pki.server_key),
+                            env={"ONNXSERVE_API_KEYS": f'["{INFERENCE_KEY}"]'})
+    base = [sys.executable, "-m", "service.client", "--server", f"localhost:{server.grpc_port}",
+            "--tls-ca", str(pki.ca)]
+    ok = subprocess.run(base + ["--header", f"authorization=Bearer {INFERENCE_KEY}", "models"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert '"name": "affine"' in ok.stdout
+    refused = subprocess.run(base + ["models"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
