@@ -360,8 +360,9 @@ class Load:
             except grpc.RpcError as exc:
                 outcome = Outcome(self.door, phase, time.monotonic() - start, exc.code().name,
                                   exc.details() or "", start=start)
-            if outcome.phase == "steady":  # a call that overlapped an event's start is its
-                outcome.phase = self._phase()  # (a crash cuts calls started before the signal)
+            ended_in = self._phase()
+            if outcome.phase == "steady" and ended_in in EVENTS:
+                outcome.phase = ended_in  # a crash cuts calls that started before the signal
             self.outcomes.append(outcome)
             # Pace, not synchronise: the next call is due one interval after the last was due.
             next_at = max(next_at + self._interval, time.monotonic() - self._interval)
@@ -373,6 +374,9 @@ class Load:
 # client: the channel to copy; proxy: nginx; noretry: the same channel without its retry policy,
 # a control that shows what the events cost a client that does not retry.
 DOORS = ("client", "proxy", "noretry")
+EVENTS = ("sigterm", "sigkill", "reload")
+# warmup: the first calls (connections opening); rotation: the closing check, one door at a time.
+PHASES = ("warmup", "steady", *EVENTS, "rotation")
 
 
 @dataclass
@@ -391,11 +395,8 @@ class Report:
         return [o for o in self.outcomes if o.door == door and o.code != "OK"]
 
     def phases(self) -> list[str]:
-        seen = []
-        for outcome in self.outcomes:
-            if outcome.phase not in seen:
-                seen.append(outcome.phase)
-        return ["steady"] + [p for p in seen if p != "steady"]
+        seen = {outcome.phase for outcome in self.outcomes}
+        return [phase for phase in PHASES if phase in seen]
 
     def table(self) -> str:
         lines = [f"{'door':<7} {'phase':<9} {'requests':>8} {'errors':>6} {'p50 ms':>8} "
@@ -409,7 +410,7 @@ class Report:
                 ms = np.array([o.latency_s for o in rows]) * 1000
                 p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)
                 steady_p99 = p99 if phase == "steady" else steady_p99
-                ratio = f"{p99 / steady_p99:.1f}x" if steady_p99 else "-"
+                ratio = f"{p99 / steady_p99:.1f}x" if steady_p99 and phase in EVENTS else ""
                 errors = sum(1 for o in rows if o.code != "OK")
                 lines.append(f"{door:<7} {phase:<9} {len(rows):>8} {errors:>6} {p50:>8.2f} "
                              f"{p99:>8.2f} {ms.max():>8.2f} {ratio:>10}")
@@ -469,7 +470,7 @@ class Scenario:
         self.max_seconds, self.rounds, self.event_timeout = max_seconds, rounds, event_timeout
         self.ports = [free_port() for _ in range(replicas)]
         self.replicas: list[Replica] = []
-        self._phase = "steady"
+        self._phase = "warmup"
         self.report = Report([])
 
     @property
@@ -577,7 +578,9 @@ class Scenario:
                 loads[door] = Load(door, channel, request, self.phase, self.rate, self.workers,
                                    budget, self.max_seconds).start()
             everyone = list(loads.values())
-            self._window(everyone, "steady", 0)
+            self._window(everyone, "warmup", 0)
+            self._phase = "steady"
+            self._window(everyone, "steady", time.monotonic())
             n = len(self.replicas)
             for round_ in range(self.rounds):
                 self._restart(round_ % n, signal.SIGTERM, everyone)
@@ -586,6 +589,7 @@ class Scenario:
                 self._window(everyone, "steady", time.monotonic())
                 self._reload(everyone)
                 self._window(everyone, "steady", time.monotonic())
+            self._phase = "rotation"
             self._rotation(loads, ("client", "proxy"))
         finally:
             for load in loads.values():

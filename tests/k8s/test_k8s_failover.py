@@ -29,14 +29,14 @@ def test_replicas_fail_over_without_losing_a_request(tmp_path):
         return start_server(repo, "--grpc-port", str(port))
 
     scenario = failover.Scenario(repo, "slow", launch, tmp_path, rate=25, workers=4,
-                                 window_requests=25, max_seconds=45, event_timeout=20,
+                                 window_requests=25, max_seconds=50, event_timeout=20,
                                  fill={"work": 10000})
     report = scenario.run()
     print(report.render())  # shown with -s, and on failure
 
     assert report.failures("client") == [], report.error_summary()
     phases = {o.phase for o in report.outcomes}
-    assert phases == {"steady", "sigterm", "sigkill", "reload"}
+    assert phases == {"warmup", "steady", "sigterm", "sigkill", "reload", "rotation"}
     # The drain ends in a clean exit; the crash is a crash.
     assert sorted(report.exit_codes.values()) == [-9, 0]
     # Every call that started after the reload returned was answered by the new version.
