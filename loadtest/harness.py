@@ -166,12 +166,13 @@ class LoadResult:
 
 
 async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: int,
-                       seconds: float, warmup: float, timeout: float, server: Server | None):
+                       seconds: float, warmup: float, timeout: float, server: Server | None,
+                       method: str):
     options = [("grpc.max_receive_message_length", 256 << 20),
                ("grpc.max_send_message_length", 256 << 20)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         # Bytes in, bytes out: the request is serialised once, the response is not parsed.
-        call = channel.unary_unary(MODEL_INFER)
+        call = channel.unary_unary(method)
         await call(payload, timeout=max(timeout, 30))  # connect and check once, outside timing
         loop = asyncio.get_running_loop()
         begin = time.perf_counter() + warmup
@@ -222,9 +223,9 @@ async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: i
 
 
 def closed_loop(address: str, payload: bytes, clients: int, batch_size: int, seconds: float,
-                warmup: float = 1.0, timeout: float = 10.0, server: Server | None = None
-                ) -> LoadResult:
+                warmup: float = 1.0, timeout: float = 10.0, server: Server | None = None,
+                method: str = MODEL_INFER) -> LoadResult:
     """`clients` concurrent callers, each sending the next request as soon as the last returns,
     for `seconds` after `warmup`; measures this process's own CPU use over the same window."""
     return asyncio.run(_closed_loop(address, payload, clients, batch_size, seconds, warmup,
-                                    timeout, server))
+                                    timeout, server, method))
