@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as triton
 from PIL import Image
 
-from conftest import ROOT, start_server
+from servers import ROOT, start_server
 
 MODELS = ROOT / "models"
 NUMPY = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import metric_value
+from servers import metric_value
 from onnx_builders import affine_config, affine_graph, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    from conftest import start_server
+    from servers import start_server
 
     process = start_server(repo)
     yield process

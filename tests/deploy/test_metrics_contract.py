@@ -27,7 +27,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> set[str]:
-    from conftest import start_server
+    from servers import start_server
 
     repo = tmp_path_factory.mktemp("repo")
     write_model(repo, "affine", affine_graph(2.0, 1.0), affine_config())

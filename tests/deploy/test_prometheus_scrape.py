@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as triton
 import yaml
 
-from conftest import wait_for
+from servers import wait_for
 from onnx_builders import affine_config, affine_graph, write_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from conftest import ROOT, start_server
+from servers import ROOT, start_server
 from onnx_builders import slow_config, slow_graph, write_model
 
 sys.path.insert(0, str(ROOT / "deploy" / "failover"))

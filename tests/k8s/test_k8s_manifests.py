@@ -28,12 +28,13 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, start_server
+from servers import ROOT, start_server
 from onnx_builders import affine_config, affine_graph, write_model
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("base", "cpu", "gpu")
 KUBERNETES_VERSION = "1.37.0"
+OLDEST_KUBERNETES = "1.30.0"  # the README's minimum (preStop sleep action)
 # Repo-relative on purpose: ../shared/schemas sits next to the checkout in CI.
 SCHEMAS = ROOT / ".." / "shared" / "schemas" / "kserve"
 KSERVE_SCHEMAS = {
@@ -104,17 +105,18 @@ def check_jsonschema(schema: Path, documents: list[dict], tmp_path: Path) -> sub
 
 # --- offline validation --------------------------------------------------------------------
 
+@pytest.mark.parametrize("version", [OLDEST_KUBERNETES, KUBERNETES_VERSION])
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_rendered_overlay_is_valid_kubernetes_strict(overlay):
+def test_rendered_overlay_is_valid_kubernetes_strict(overlay, version):
     docs = render(overlay)
     kinds = {doc["kind"] for doc in docs}
     assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
             "PersistentVolumeClaim"} <= kinds
     for doc in docs:
         try:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} "
+            pytest.fail(f"{overlay} on {version}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} "
                         f"at {'.'.join(map(str, exc.path))}")
 
 

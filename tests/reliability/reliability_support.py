@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from conftest import metric_value
+from servers import metric_value
 
 # `make test` runs a few hundred hostile cases in all; HYPOTHESIS_PROFILE=soak runs thousands.
 settings.register_profile(

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2_grpc
 
-from conftest import metric_value, wait_for
+from servers import metric_value, wait_for
 from onnx_builders import slow_config, slow_graph, write_model
 from reliability_support import code_of, gauge, output, slow_request, statistics
 

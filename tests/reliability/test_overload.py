@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2_grpc
 
-from conftest import metric_value, start_server, wait_for
+from servers import metric_value, start_server, wait_for
 from onnx_builders import slow_config, slow_graph, write_model
 from reliability_support import (
     ClosedLoop, QueueWatch, code_of, gauge, output, slow_request, statistics,

@@ -9,7 +9,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 import grpc
-from conftest import start_server
+from servers import start_server
 from onnx import TensorProto
 
 from onnx_builders import (

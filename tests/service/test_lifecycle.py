@@ -14,7 +14,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, metric_value, wait_for
+from servers import ROOT, metric_value, wait_for
 from onnx_builders import (
     save_graph, affine_config, affine_graph, slow_config, slow_graph, write_model,
 )

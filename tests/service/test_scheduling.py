@@ -11,7 +11,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import metric_value, wait_for
+from servers import metric_value, wait_for
 from onnx_builders import affine_config, affine_graph, slow_config, slow_graph, write_model
 
 

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT
+from servers import ROOT
 from onnx_builders import affine_config, affine_graph, write_model
 
 INFERENCE_KEY = "inference-key-5d1c0b"

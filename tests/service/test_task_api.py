@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as triton
 from PIL import Image
 
-from conftest import ROOT, metric_value, start_server
+from servers import ROOT, metric_value, start_server
 from onnx_builders import write_task_models
 from service._proto import task_service_pb2 as pb
 from service.client import AsyncTaskClient, TaskClient, to_pil

@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, start_server
+from servers import ROOT, start_server
 from proto_fields import message_fields
 from onnx_builders import affine_config, affine_graph, save_graph, write_model
 
