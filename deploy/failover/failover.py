@@ -138,7 +138,8 @@ def launch_server(repo: Path, grpc_port: int, log_dir: Path, *flags: str,
                 return server
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"replica on port {grpc_port} did not start:\n{log_path.read_text()[-3000:]}")
+    log_tail = log_path.read_text()[-3000:]
+    raise RuntimeError(f"replica on port {grpc_port} did not start:\n{log_tail}")
 
 
 def free_port() -> int:
@@ -159,7 +160,8 @@ def served_ok(replica: Replica) -> float:
     total = 0.0
     for family in text_string_to_metric_families(replica.metrics_text()):
         for sample in family.samples:
-            if (sample.name == "inference_requests_total" and sample.labels.get("rpc") == "ModelInfer"
+            if (sample.name == "inference_requests_total"
+                    and sample.labels.get("rpc") == "ModelInfer"
                     and sample.labels.get("code") == "OK"):
                 total += sample.value
     return total
@@ -235,8 +237,9 @@ class Nginx:
         self.port = free_port()
         self.dir = work_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout={fail_timeout_s}s;"
-                            for port in upstream_ports)
+        servers = "\n".join(
+            f"        server 127.0.0.1:{port} max_fails=1 fail_timeout={fail_timeout_s}s;"
+            for port in upstream_ports)
         self.conf = self.dir / "nginx.conf"
         self.conf.write_text(NGINX_CONF.format(dir=self.dir, servers=servers, port=self.port))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -506,8 +509,9 @@ class Scenario:
         # Back in rotation: the new process answers calls from the front doors.
         poll(lambda: served_ok(replacement) > 0, self.event_timeout,
              f"replica {index} serving traffic after restart")
+        took = time.monotonic() - started
         self.report.events.append((phase, f"replica :{self.ports[index]} {sig.name}, exit code "
-                                          f"{code}, restarted in {time.monotonic() - started:.2f} s"))
+                                          f"{code}, restarted in {took:.2f} s"))
         self._window(loads, phase, started)
         self._phase = "steady"
 

@@ -92,7 +92,8 @@ def strict_schema(schema):
     return schema
 
 
-def check_jsonschema(schema: Path, documents: list[dict], tmp_path: Path) -> subprocess.CompletedProcess:
+def check_jsonschema(schema: Path, documents: list[dict],
+                     tmp_path: Path) -> subprocess.CompletedProcess:
     files = []
     for index, doc in enumerate(documents):
         path = tmp_path / f"{doc['kind']}-{index}.json"
@@ -116,7 +117,8 @@ def test_rendered_overlay_is_valid_kubernetes_strict(overlay, version):
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{overlay} on {version}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} "
+            where = f"{doc['kind']}/{doc['metadata']['name']}"
+            pytest.fail(f"{overlay} on {version}: {where}: {exc.message} "
                         f"at {'.'.join(map(str, exc.path))}")
 
 
