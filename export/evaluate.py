@@ -390,8 +390,15 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
         f"{m.metrics.get('latency_bmax_ms', 0):.2f} ms"
         + (" (128x128 low-res input)" if cfg.task.kind is TaskKind.SUPER_RESOLUTION else ""),
     ]
-    if m.pictures:
-        lines += ["", "## Pictures", ""] + [f"![{p}]({p})" for p in dict.fromkeys(m.pictures)]
+    pictures = [f"![{p}]({p})" for p in dict.fromkeys(m.pictures)]
+    run = common.DEFAULT_RUNS / card.get("run", "-")
+    if run.is_dir():  # training pictures: loss curves, latent map, per-epoch samples
+        pictures += [f"![training: {p.stem}](../../training/runs/{run.name}/{p.name})" for p in sorted(run.glob("*.png"))]
+    if pictures:
+        lines += ["", "## Pictures", ""]
+        if m.config.task.kind is TaskKind.SUPER_RESOLUTION:
+            lines += ["`sr_crops.png`: bicubic | this model | ground truth (Set14 comic, centre crop, 2x zoom).", ""]
+        lines += pictures
     (model_dir / "README.md").write_text("\n".join(lines) + "\n")
 
 

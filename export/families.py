@@ -48,7 +48,7 @@ def export_classifier(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict]
             "flip and +-2 px shift augmentation.")
     card = {"title": name, "what": what, "dataset": FASHION,
             "train_command": f"python -m training.classifier.train --arch {cfg['arch']}",
-            "epochs": state["epoch"]}
+            "epochs": state["epoch"], "run": ckpt.parent.name}
     return [export_model(ClassifierForExport(net), name=name, models_dir=models_dir,
                          inputs=[TensorIO("images", IMAGE_28)], outputs=outputs,
                          samples=_fashion_samples(data_dir, cfg["mean"], cfg["std"]), task=task,
@@ -70,7 +70,7 @@ def export_autoencoder(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict
     with torch.no_grad():
         latents = [[net.encoder(s[0])] for s in samples]
     base = {"dataset": FASHION, "train_command": "python -m training.autoencoder.train",
-            "epochs": state["epoch"]}
+            "epochs": state["epoch"], "run": ckpt.parent.name}
     image = TensorIO("images", IMAGE_28)
     latent = TensorIO("latent", [LATENT])
     grey = dict(input_scaling=PIXEL_01, color_mode="grey")
@@ -102,7 +102,7 @@ def export_vae(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict]:
     net = VAE()
     net.load_state_dict(state["models"]["model"])
     samples = _fashion_samples(data_dir, 0.0, 1.0)
-    base = {"dataset": FASHION, "train_command": "python -m training.vae.train", "epochs": state["epoch"]}
+    base = {"dataset": FASHION, "train_command": "python -m training.vae.train", "epochs": state["epoch"], "run": ckpt.parent.name}
     image = TensorIO("images", IMAGE_28)
     latent = TensorIO("latent", [LATENT])
     return [
@@ -137,7 +137,7 @@ def export_gan(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict]:
     G.load_state_dict(state["models"]["G"])
     samples = _fixed_latents(cfg["latent"])
     inputs = [TensorIO("latent", [cfg["latent"]])]
-    base = {"dataset": FASHION, "epochs": state["epoch"]}
+    base = {"dataset": FASHION, "epochs": state["epoch"], "run": ckpt.parent.name}
     if cfg["conditional"]:
         g = torch.Generator().manual_seed(99)
         samples = [s + [torch.randint(0, 10, (len(s[0]), 1), generator=g)] for s in samples]
@@ -173,7 +173,7 @@ def export_sr(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict]:
     # Different spatial sizes for the two batches check the dynamic height/width too.
     samples = [[torch.rand(1, 1, 37, 23, generator=g)], [torch.rand(3, 1, 20, 31, generator=g)]]
     name = f"espcn_x{scale}"
-    card = {"title": name, "epochs": state["epoch"],
+    card = {"title": name, "epochs": state["epoch"], "run": ckpt.parent.name,
             "dataset": "148 photos (Sun-Hays 80 + BSD68) at scales 1.0/0.8/0.6, random 24x24 low-res "
                        "patches with flips and rotations; evaluated on Set5 and Set14",
             "train_command": f"python -m training.sr.train --scale {scale}" + (" --epochs 30" if scale == 2 else ""),
