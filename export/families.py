@@ -102,7 +102,8 @@ def export_vae(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict]:
     net = VAE()
     net.load_state_dict(state["models"]["model"])
     samples = _fashion_samples(data_dir, 0.0, 1.0)
-    base = {"dataset": FASHION, "train_command": "python -m training.vae.train", "epochs": state["epoch"], "run": ckpt.parent.name}
+    base = {"dataset": FASHION, "train_command": "python -m training.vae.train", "epochs": state["epoch"],
+            "run": ckpt.parent.name}
     image = TensorIO("images", IMAGE_28)
     latent = TensorIO("latent", [LATENT])
     return [
@@ -176,7 +177,7 @@ def export_sr(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict]:
     card = {"title": name, "epochs": state["epoch"], "run": ckpt.parent.name,
             "dataset": "148 photos (Sun-Hays 80 + BSD68) at scales 1.0/0.8/0.6, random 24x24 low-res "
                        "patches with flips and rotations; evaluated on Set5 and Set14",
-            "train_command": f"python -m training.sr.train --scale {scale}" + (" --epochs 30" if scale == 2 else ""),
+            "train_command": f"python -m training.sr.train --scale {scale}",
             "what": f"ESPCN x{scale} super-resolution on the Y channel: 5x5 and 3x3 convs "
                     f"({'-'.join(map(str, cfg['features']))} channels) at low resolution, then a sub-pixel "
                     "(pixel shuffle) layer, predicting the residual over a built-in bicubic upscale. Fully "

@@ -1,6 +1,6 @@
 """Train the convolutional autoencoder on Fashion-MNIST (pixels in [0, 1], MSE loss).
 
-    python -m training.autoencoder.train --epochs 8
+    python -m training.autoencoder.train --epochs 4
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_mse(model, x: torch.Tensor, batch_size: int = 1000) -> float:
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--width", type=int, default=32)

@@ -1,7 +1,7 @@
 """Train a DCGAN generator on Fashion-MNIST, or a class-conditional one with --conditional.
 
-    python -m training.gan.train --epochs 8
-    python -m training.gan.train --conditional --epochs 8
+    python -m training.gan.train --epochs 4
+    python -m training.gan.train --conditional --epochs 4
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from training.gan.model import NUM_CLASSES, Discriminator, Generator, init_weigh
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conditional", action="store_true", help="class-conditional generator (cdcgan)")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--latent", type=int, default=64)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--scale", type=int, choices=[2, 3, 4], default=3)
     p.add_argument("--train-dir", default=str(DEFAULT_TRAIN))
     p.add_argument("--eval-dir", default=str(DEFAULT_EVAL), help="images to report PSNR on each epoch")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--steps-per-epoch", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--patch", type=int, default=24, help="low-resolution patch side")
@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> Path:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * args.steps_per_epoch,
                                                        eta_min=args.lr * 0.01)
     start = 0 if args.dry_run else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
+    if start and sched.T_max != args.epochs * args.steps_per_epoch and start < args.epochs:
+        # Resumed with a different --epochs: anneal from the current LR over the steps left.
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=(args.epochs - start) * args.steps_per_epoch, eta_min=args.lr * 0.01)
     log = common.MetricsLog(run.metrics_csv, start)
     rng = np.random.default_rng(args.seed + start)
     if start == 0:

@@ -1,6 +1,6 @@
 """Train the 2-D-latent VAE on Fashion-MNIST (Bernoulli likelihood, standard normal prior).
 
-    python -m training.vae.train --epochs 15
+    python -m training.vae.train --epochs 8
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def latent_grid(n: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=1)
