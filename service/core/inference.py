@@ -110,7 +110,7 @@ class InferenceCore:
         finally:
             inflight.dec()
         model.stats.success.add(time.perf_counter() - started)
-        chosen = {name: outputs[name] for name in wanted}
+        chosen = {output: outputs[output] for output in wanted}
         from_graph_shapes(model.config, chosen)
         return InferResult(model, chosen)
 
