@@ -466,8 +466,11 @@ class Scenario:
                  replicas: int = 3, rate: float = 60, workers: int = 4,
                  window_requests: int = 60, max_seconds: float = 50,
                  rounds: int = 1, event_timeout: float = 30,
-                 fill: dict[str, float] | None = None, control: bool = True):
+                 fill: dict[str, float] | None = None, control: bool = True,
+                 settle_requests: int | None = None):
         self.fill, self.control = fill, control
+        # Steady calls between events (and warm-up calls), per door.
+        self.settle = settle_requests or window_requests
         self.repo, self.model, self.launch, self.work_dir = repo, model, launch, work_dir
         self.rate, self.workers, self.window = rate, workers, window_requests
         self.max_seconds, self.rounds, self.event_timeout = max_seconds, rounds, event_timeout
@@ -483,10 +486,12 @@ class Scenario:
     def phase(self) -> str:
         return self._phase
 
-    def _window(self, loads: list[Load], phase: str, started: float) -> None:
-        """The phase lasts until each door has `window` calls that started in it."""
-        poll(lambda: all(load.count(phase, started) >= self.window for load in loads),
-             self.event_timeout, f"{self.window} calls per door in phase {phase}")
+    def _window(self, loads: list[Load], phase: str, started: float,
+                calls: int | None = None) -> None:
+        """The phase lasts until each door has `calls` (default: `window`) that started in it."""
+        calls = calls or self.window
+        poll(lambda: all(load.count(phase, started) >= calls for load in loads),
+             self.event_timeout, f"{calls} calls per door in phase {phase}")
 
     def _restart(self, index: int, sig: signal.Signals, loads: list[Load]) -> None:
         phase = {signal.SIGTERM: "sigterm", signal.SIGKILL: "sigkill"}[sig]
@@ -582,17 +587,17 @@ class Scenario:
                 loads[door] = Load(door, channel, request, self.phase, self.rate, self.workers,
                                    budget, self.max_seconds).start()
             everyone = list(loads.values())
-            self._window(everyone, "warmup", 0)
+            self._window(everyone, "warmup", 0, self.settle)
             self._phase = "steady"
             self._window(everyone, "steady", time.monotonic())
             n = len(self.replicas)
             for round_ in range(self.rounds):
                 self._restart(round_ % n, signal.SIGTERM, everyone)
-                self._window(everyone, "steady", time.monotonic())
+                self._window(everyone, "steady", time.monotonic(), self.settle)
                 self._restart((round_ + 1) % n, signal.SIGKILL, everyone)
-                self._window(everyone, "steady", time.monotonic())
+                self._window(everyone, "steady", time.monotonic(), self.settle)
                 self._reload(everyone)
-                self._window(everyone, "steady", time.monotonic())
+                self._window(everyone, "steady", time.monotonic(), self.settle)
             self._phase = "rotation"
             self._rotation(loads, ("client", "proxy"))
         finally:
