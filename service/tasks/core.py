@@ -21,6 +21,7 @@ from service.core.inference import InferenceCore
 from service.core.repository import ModelVersion
 from service.errors import InvalidArgument
 from service.tasks import images as img
+from service.tasks.colour import ColourPlan, plan_colour
 from service.tasks.tiling import Window, tile_windows
 
 AUTOENCODERS = (TaskKind.AUTOENCODER,)
@@ -29,10 +30,6 @@ DECODERS = (TaskKind.DECODER, TaskKind.GENERATOR)
 GENERATORS = (TaskKind.GENERATOR, TaskKind.CONDITIONAL_GENERATOR)
 CLASSIFIERS = (TaskKind.CLASSIFIER,)
 SUPER_RESOLUTION = (TaskKind.SUPER_RESOLUTION,)
-
-# Chroma planes are upscaled per strip with this much context, more than bicubic's 2-pixel
-# support, so strips join without seams.
-_CHROMA_MARGIN = 4
 
 
 @dataclass(frozen=True)
@@ -271,91 +268,42 @@ class TaskCore:
         model = self.model(name, version, SUPER_RESOLUTION, "SuperResolve")
         task = model.config.task
         scale = task.upscale_factor
-        spec = model.config.inputs[0]
-        network_channels = spec.shape[0] if spec.shape else 1
-        mode = task.color_mode or ("rgb" if network_channels == 3 else "y")
-        alpha = picture.getchannel("A") if picture.mode == "RGBA" else None
-        base = picture.convert("RGB") if picture.mode == "RGBA" else picture
-        grey = base.mode == "L"
-        if mode == "rgb":
-            planes = np.asarray(base.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
-            how = "RGB through the network"
-        elif grey:
-            planes = np.asarray(base, dtype=np.float32)[None]
-            how = "grey through the network"
-        elif mode == "y":
-            ycbcr = base.convert("YCbCr")
-            planes = np.asarray(ycbcr.getchannel("Y"), dtype=np.float32)[None]
-            how = "Y through the network, CbCr bicubic"
-        else:  # a grey network given a colour image
-            planes = np.asarray(base.convert("L"), dtype=np.float32)[None]
-            how = "converted to grey"
-        chroma = base.convert("YCbCr") if (mode == "y" and not grey) else None
-        if alpha is not None:
-            how += ", alpha resized"
-        single_plane = planes.shape[0] == 1 and chroma is None
-        out_channels = 4 if alpha is not None else (1 if single_plane else 3)
+        network_channels = model.config.inputs[0].shape[0]
+        colour = plan_colour(picture, task.color_mode or ("rgb" if network_channels == 3 else "y"))
         width, height = picture.size
         tile, overlap = self.limits.tile_size, self.limits.tile_overlap
         rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
-        how += (f"; {len(rows) * len(cols)} tile(s) of at most {tile}x{tile} "
-                f"(overlap {overlap}) at x{scale}")
+        how = colour.description + (", alpha resized" if colour.alpha is not None else "")
         plan = UpscalePlan(
-            width=width * scale, height=height * scale, channels=out_channels, scale=scale,
-            conversion=f"{picture.mode} {width}x{height}: {how}",
-            strips=self._strips(model, planes, chroma, alpha, rows, cols, deadline),
+            width=width * scale, height=height * scale, channels=colour.channels, scale=scale,
+            conversion=(f"{picture.mode} {width}x{height}: {how}; {len(rows) * len(cols)} "
+                        f"tile(s) of at most {tile}x{tile} (overlap {overlap}) at x{scale}"),
+            strips=self._strips(model, colour, rows, cols, deadline),
         )
         return model, plan
 
-    async def _strips(self, model, planes, chroma, alpha, rows: list[Window],
+    async def _strips(self, model: ModelVersion, colour: ColourPlan, rows: list[Window],
                       cols: list[Window], deadline) -> AsyncIterator[Strip]:
-        scale = model.config.task.upscale_factor
         task = model.config.task
-        spec = model.config.inputs[0]
-        width = planes.shape[2]
+        scale = task.upscale_factor
+        planes = colour.planes
         for row in rows:
             tiles = np.stack([
                 planes[:, row.start:row.start + row.length, col.start:col.start + col.length]
                 for col in cols
             ])
             outputs = await self._run(
-                model, {spec.name: img.scale_pixels(tiles, task.input_scaling)}, deadline
+                model, {model.config.inputs[0].name: img.scale_pixels(tiles, task.input_scaling)},
+                deadline,
             )
             result = img.unscale_pixels(outputs[model.config.outputs[0].name],
                                         task.output_scaling)
             top, bottom = (row.core_start - row.start) * scale, (row.core_end - row.start) * scale
-            strip = np.empty((planes.shape[0], (row.core_end - row.core_start) * scale,
-                              width * scale), np.float32)
+            strip = np.empty((result.shape[1], (row.core_end - row.core_start) * scale,
+                              planes.shape[2] * scale), np.float32)
             for col, tile_out in zip(cols, result):
                 left = (col.core_start - col.start) * scale
                 right = (col.core_end - col.start) * scale
                 strip[:, :, col.core_start * scale:col.core_end * scale] = \
                     tile_out[:, top:bottom, left:right]
-            yield Strip(row.core_start * scale,
-                        self._finish_strip(img.to_uint8(strip), chroma, alpha, row, scale))
-
-    @staticmethod
-    def _finish_strip(network: np.ndarray, chroma, alpha, row: Window, scale: int) -> np.ndarray:
-        """Network output rows (CxHxW uint8) to HxWxC pixels, adding chroma and alpha."""
-        rows = network.shape[1]
-        planes = list(network)  # grey, Y, or R, G, B
-        if chroma is not None:
-            cb, cr = (_upscaled_band(chroma.getchannel(b), row, scale, rows) for b in ("Cb", "Cr"))
-            ycbcr = Image.merge("YCbCr", [Image.fromarray(p) for p in (planes[0], cb, cr)])
-            planes = list(np.asarray(ycbcr.convert("RGB")).transpose(2, 0, 1))
-        if alpha is not None:
-            if len(planes) == 1:
-                planes *= 3  # grey with alpha goes out as RGBA
-            planes.append(_upscaled_band(alpha, row, scale, rows))
-        return np.stack(planes, axis=-1)
-
-
-def _upscaled_band(channel: Image.Image, row: Window, scale: int, rows: int) -> np.ndarray:
-    """The rows of `channel` under `row`'s core, bicubic-upscaled, with context so that bands
-    join without seams."""
-    top = max(row.core_start - _CHROMA_MARGIN, 0)
-    bottom = min(row.core_end + _CHROMA_MARGIN, channel.height)
-    band = channel.crop((0, top, channel.width, bottom)).resize(
-        (channel.width * scale, (bottom - top) * scale), Image.Resampling.BICUBIC)
-    skip = (row.core_start - top) * scale
-    return np.asarray(band)[skip:skip + rows]
+            yield Strip(row.core_start * scale, colour.finish(strip, row, scale))

@@ -242,9 +242,12 @@ def test_encode_decode_reconstruct(client, repo):
 
 
 def untiled_grey(repo, picture: np.ndarray) -> np.ndarray:
-    x = (picture.astype(np.float32) / 255)[None, None]
-    y = session(repo, "sr").run(None, {"low_res": x})[0][0, 0]
-    return np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+    """The whole grey image through the model in one run, with the BT.601 studio-range luma
+    mapping of `color_mode: y` (16 + 219 * g / 255 in, its inverse out)."""
+    luma = 16.0 + picture.astype(np.float32) * (219.0 / 255.0)
+    y = session(repo, "sr").run(None, {"low_res": (luma / 255.0)[None, None]})[0][0, 0]
+    grey = (y * 255.0 - 16.0) * (255.0 / 219.0)
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
 def test_tiled_super_resolution_equals_untiled(client, repo):
@@ -365,3 +368,23 @@ def test_cli_commands(server, tmp_path):
     failing = run_cli(server, "generate", "--model", "cgen", "--out", str(tmp_path / "x"))
     assert failing.returncode == 1
     assert "INVALID_ARGUMENT: class_label:" in failing.stderr
+
+
+def test_colour_upscale_runs_bt601_luma_through_the_network(client, repo):
+    rgb = np.random.default_rng(11).integers(0, 256, (30, 36, 3), dtype=np.uint8)
+    served = np.asarray(client.upscale(rgb, "sr", stream=False)).astype(np.float64)
+    r, g, b = (rgb[:, :, i].astype(np.float64) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    y_up = session(repo, "sr").run(
+        None, {"low_res": (y / 255).astype(np.float32)[None, None]})[0][0, 0] * 255
+    up = [np.asarray(Image.fromarray(np.clip(np.rint(c), 0, 255).astype(np.uint8)).resize(
+        (108, 90), Image.Resampling.BICUBIC), np.float64) for c in (cb, cr)]
+    yy, cbu, cru = y_up - 16, up[0] - 128, up[1] - 128
+    expected = np.stack([1.164384 * yy + 1.596027 * cru,
+                         1.164384 * yy - 0.391762 * cbu - 0.812968 * cru,
+                         1.164384 * yy + 2.017232 * cbu], axis=-1)
+    expected = np.clip(np.rint(expected), 0, 255)
+    assert served.shape == (90, 108, 3)
+    assert np.abs(served - expected).max() <= 2
