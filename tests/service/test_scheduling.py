@@ -31,6 +31,15 @@ def slow_request(work: int) -> service_pb2.ModelInferRequest:
     return request
 
 
+def occupy(stub, server):
+    """Start a long request on the slow model and return once it is computing: its one instance
+    is then busy, and whatever comes next waits in the queue."""
+    busy = stub.ModelInfer.future(slow_request(work=150_000), timeout=60)
+    wait_for(lambda: metric_value(server.metrics_text(), "inference_inflight_requests",
+                                  model="slow") == 1, what="busy request in flight")
+    return busy
+
+
 def test_concurrent_requests_are_batched_and_exact(server):
     rng = np.random.default_rng(1)
     payloads = [rng.standard_normal((int(rng.integers(1, 3)), 4)).astype(np.float32)
@@ -59,9 +68,7 @@ def test_concurrent_requests_are_batched_and_exact(server):
 def test_expired_deadline_in_queue_never_reaches_compute(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        busy = stub.ModelInfer.future(slow_request(work=150_000), timeout=60)
-        wait_for(lambda: metric_value(server.metrics_text(), "inference_inflight_requests",
-                                      model="slow") == 1, what="busy request in flight")
+        busy = occupy(stub, server)
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(slow_request(work=0), timeout=0.2)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -76,9 +83,7 @@ def test_expired_deadline_in_queue_never_reaches_compute(server):
 def test_cancelled_calls_leave_no_queue_entries(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        busy = stub.ModelInfer.future(slow_request(work=150_000), timeout=60)
-        wait_for(lambda: metric_value(server.metrics_text(), "inference_inflight_requests",
-                                      model="slow") == 1, what="busy request in flight")
+        busy = occupy(stub, server)
         queued = [stub.ModelInfer.future(slow_request(work=0), timeout=60) for _ in range(4)]
         wait_for(lambda: metric_value(server.metrics_text(), "inference_queue_depth",
                                       model="slow") == 4, what="four queued requests")
@@ -97,9 +102,7 @@ def test_cancelled_calls_leave_no_queue_entries(server):
 def test_full_queue_answers_resource_exhausted_at_once(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        busy = stub.ModelInfer.future(slow_request(work=150_000), timeout=60)
-        wait_for(lambda: metric_value(server.metrics_text(), "inference_inflight_requests",
-                                      model="slow") == 1, what="busy request in flight")
+        busy = occupy(stub, server)
         queued = [stub.ModelInfer.future(slow_request(work=0), timeout=60) for _ in range(4)]
         wait_for(lambda: metric_value(server.metrics_text(), "inference_queue_depth",
                                       model="slow") == 4, what="a full queue")
