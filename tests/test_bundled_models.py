@@ -15,11 +15,6 @@ MODELS = ROOT / "models"
 NUMPY = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
          "UINT8": np.uint8}
 
-pytestmark = pytest.mark.skipif(
-    not any(MODELS.glob("*/config.yaml")), reason="no bundled models in models/ yet"
-)
-
-
 @pytest.fixture(scope="module")
 def server():
     process = start_server(MODELS)
