@@ -149,7 +149,8 @@ class ClosedLoop:
         self.result = LoopResult()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._address, self._make, self._max, self._limit = address, make_request, max_calls, limit_s
+        self._address, self._make = address, make_request
+        self._max, self._limit = max_calls, limit_s
         self._timeout, self._check = timeout, check
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
                          for i in range(threads)]

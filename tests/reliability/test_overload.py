@@ -152,7 +152,8 @@ def test_saturated_model_does_not_starve_another(server, stub):
     with ClosedLoop(server.grpc_address, lambda i: slow_request(WORK, "slow", seed=i),
                     threads=4 * QUEUE, max_calls=400, limit_s=60) as flood:
         wait_for(lambda: flood.result.codes[FULL] > 0, what="slow saturated")
-        steady = ClosedLoop(server.grpc_address, lambda i: slow_request(WORK // 4, "steady", seed=i),
+        steady = ClosedLoop(server.grpc_address,
+                            lambda i: slow_request(WORK // 4, "steady", seed=i),
                             threads=2, max_calls=40, limit_s=60, check=exact).start()
         steady_result = steady.join()
         flood_done_during_steady = flood.result.calls

@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
 
 from servers import metric_value, wait_for
-from onnx_builders import affine_config, affine_graph, save_graph, slow_config, slow_graph, write_model
-from reliability_support import ClosedLoop, QueueWatch, code_of, fp32_request, health_status, output, slow_request
+from onnx_builders import (
+    affine_config, affine_graph, save_graph, slow_config, slow_graph, write_model,
+)
+from reliability_support import (
+    ClosedLoop, QueueWatch, code_of, fp32_request, health_status, output, slow_request,
+)
 
 RETRY_POLICY = Path(__file__).with_name("retry_policy.json")
 DRAINING = "server is shutting down; retry on another replica"
