@@ -386,9 +386,9 @@ PHASES = ("warmup", "steady", *EVENTS, "rotation")
 class Report:
     outcomes: list[Outcome]
     events: list[tuple[str, str]] = field(default_factory=list)   # (phase, what happened)
-    exit_codes: dict[str, int] = field(default_factory=dict)      # phase -> exit code of victim
+    exit_codes: list[tuple[str, int]] = field(default_factory=list)  # (event, victim's exit code)
     back_in_rotation: dict[str, bool] = field(default_factory=dict)  # door -> every replica served
-    inflight_at_signal: dict[str, float] = field(default_factory=dict)  # phase -> victim's calls
+    inflight_at_signal: list[int] = field(default_factory=list)  # victim's calls, per signal
     proxy_retries: int = 0  # requests nginx sent to a second replica (from its access log)
     served_after: dict[str, list[float]] = field(default_factory=dict)
     versions_after_reload: set[str] = field(default_factory=set)
@@ -504,9 +504,9 @@ class Scenario:
         except TimeoutError:
             seen = 0.0
         victim.process.send_signal(sig)
-        self.report.inflight_at_signal[f"{phase}@{self.ports[index]}"] = seen
+        self.report.inflight_at_signal.append(int(seen))
         code = victim.process.wait(self.event_timeout + 30)
-        self.report.exit_codes[f"{phase}@{self.ports[index]}"] = code
+        self.report.exit_codes.append((phase, code))
         replacement = self.launch(self.ports[index])
         self.replicas[index] = replacement
         poll(lambda: health_status(self.addresses[index]) == "SERVING", self.event_timeout,

@@ -38,7 +38,7 @@ def test_replicas_fail_over_without_losing_a_request(tmp_path):
     phases = {o.phase for o in report.outcomes}
     assert phases == {"warmup", "steady", "sigterm", "sigkill", "reload", "rotation"}
     # The drain ends in a clean exit; the crash is a crash.
-    assert sorted(report.exit_codes.values()) == [-9, 0]
+    assert sorted(report.exit_codes) == [("sigkill", -9), ("sigterm", 0)]
     # Every call that started after the reload returned was answered by the new version.
     assert report.versions_after_reload == {"2"}
     # Each front door alone reaches all three replicas, the two restarted ones included.
