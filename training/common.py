@@ -277,6 +277,19 @@ def resume(path: Path, models: dict, optimizers: dict, schedulers: dict | None =
     return int(state["epoch"])
 
 
+def anneal_rest(optimizer, remaining_steps: int, floor: float = 0.01):
+    """Cosine decay from the current LR over `remaining_steps`, for a run resumed with more epochs.
+
+    The saved schedule was sized for the old epoch count (OneCycleLR refuses to step past it).
+    """
+    import torch
+
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]  # the scheduler would otherwise restart from the peak LR
+    return torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(remaining_steps, 1), eta_min=optimizer.param_groups[0]["lr"] * floor)
+
+
 class MetricsLog:
     """Appends one CSV row per epoch; survives resumes (rows of later epochs are dropped)."""
 

@@ -117,3 +117,18 @@ def test_eval_over_smoke_models(models_dir, sr_images, fashion_available):
             assert (models_dir / name / "README.md").exists()
     if (models_dir / "cdcgan").exists():
         assert 0.0 <= json.loads((models_dir / "cdcgan" / "metrics.json").read_text())["class_consistency"] <= 1.0
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path, capsys, fashion_available):
+    from training import common
+    from training.classifier import train
+
+    args = ["--arch", "mlp", "--run-dir", str(tmp_path), "--limit", "256", "--quiet"]
+    train.main(args + ["--epochs", "2"])
+    first = common.load_checkpoint(tmp_path / "checkpoint.pt")
+    capsys.readouterr()
+    train.main(args + ["--epochs", "3"])
+    assert "resumed from" in capsys.readouterr().out
+    rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert common.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 3 and first["epoch"] == 2

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> Path:
     steps = (len(xtr) + args.batch_size - 1) // args.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps)
     start = 0 if args.dry_run else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
+    if start and sched.total_steps != args.epochs * steps and start < args.epochs:
+        sched = common.anneal_rest(opt, (args.epochs - start) * steps)
     log = common.MetricsLog(run.metrics_csv, start)
     gen = torch.Generator().manual_seed(args.seed + start)
     for epoch in range(start + 1, args.epochs + 1):

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> Path:
     steps_per_epoch = (len(xtr) + args.batch_size - 1) // args.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
     start = 0 if args.dry_run else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
+    if start and sched.total_steps != epochs * steps_per_epoch and start < epochs:
+        sched = common.anneal_rest(opt, (epochs - start) * steps_per_epoch)
     log = common.MetricsLog(run.metrics_csv, start)
     gen = torch.Generator().manual_seed(args.seed + start)
     shift, flip = (2, True) if args.arch == "cnn" else (0, True)

@@ -106,11 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                        eta_min=args.lr * 0.01)
     start = 0 if args.dry_run else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
     if start and sched.T_max != args.epochs * args.steps_per_epoch and start < args.epochs:
-        # Resumed with a different --epochs: anneal from the current LR over the steps left.
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=(args.epochs - start) * args.steps_per_epoch, eta_min=args.lr * 0.01)
+        sched = common.anneal_rest(opt, (args.epochs - start) * args.steps_per_epoch)
     log = common.MetricsLog(run.metrics_csv, start)
     rng = np.random.default_rng(args.seed + start)
     if start == 0:
