@@ -87,11 +87,13 @@ def unbatched_repo(target: Path, models: list[Path]) -> Path:
 
 
 def ceiling(pin: list[str], model: Path, sizes: list[int], seconds: float) -> dict[int, dict]:
-    """The ceiling, measured in its own process on the server's core."""
+    """The ceiling, measured in its own process on the server's core (best of 3 windows per
+    batch size). Each target measures its ceiling right before its served run, so both see the
+    host in the same state."""
     out = subprocess.run(
         [*pin, sys.executable, "-m", "loadtest.ceiling", str(model), "--batch-sizes",
          ",".join(map(str, sizes)), "--seconds", str(seconds), "--intra-op-threads", "1",
-         "--json"], cwd=ROOT, capture_output=True, text=True, check=True,
+         "--trials", "3", "--json"], cwd=ROOT, capture_output=True, text=True, check=True,
     )
     return {int(k): v for k, v in json.loads(out.stdout).items()}
 
@@ -104,19 +106,24 @@ def payload(model: Path, batch: int) -> bytes:
 
 class Table:
     HEAD = (f"{'step':<34} {'model':<12} {'cli':>3} {'bat':>3} {'served/s':>10} "
-            f"{'ceiling/s':>10} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} "
-            f"{'cliCPU':>6} {'srvCPU':>6}")
+            f"{'ceiling/s':>10} {'ratio':>6} {'cpuRat':>6} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'batch':>6} {'cliCPU':>6} {'srvCPU':>6}")
 
     def __init__(self):
         self.rows: list[str] = []
 
-    def add(self, step: str, model: str, r: harness.LoadResult, ceiling_items: float | None,
-            unit_per_item: bool = True):
+    def add(self, step: str, model: str, r: harness.LoadResult, ceiling: dict | None):
         served = r.items_per_s
-        ratio = served / ceiling_items if ceiling_items else float("nan")
+        nan = float("nan")
+        ceiling_items = ceiling["items_per_s"] if ceiling else nan
+        ratio = served / ceiling_items if ceiling else nan
+        # The same ratio per CPU-second on both sides: how much of the core's work the serving
+        # layer costs, whatever else the host was running.
+        cpu_ratio = (served / r.server_cpu / ceiling["items_per_cpu_s"]
+                     if ceiling and r.server_cpu else nan)
         self.rows.append(
             f"{step:<34} {model:<12} {r.clients:>3} {r.batch_size:>3} {served:>10.1f} "
-            f"{(ceiling_items or float('nan')):>10.1f} {ratio:>6.2f} {r.p50_ms:>8.3f} "
+            f"{ceiling_items:>10.1f} {ratio:>6.2f} {cpu_ratio:>6.2f} {r.p50_ms:>8.3f} "
             f"{r.percentile_ms(99):>8.3f} {r.mean_batch(model):>6.1f} {r.client_cpu:>6.2f} "
             f"{(r.server_cpu or float('nan')):>6.2f}")
         return ratio
@@ -135,7 +142,7 @@ def knee(address: str, model: Path, server: harness.Server, seconds: float,
     best, results = 0.0, {}
     for clients in (1, 2, 4, 8, 16, 32):
         r = harness.closed_loop(address, body, clients, 1, seconds, 0.5, server=server)
-        table.add(f"knee scan", model.name, r, None)
+        table.add("knee scan", model.name, r, None)
         results[clients] = r.items_per_s
         best = max(best, r.items_per_s)
     return min(c for c, v in results.items() if v >= 0.9 * best)
@@ -162,8 +169,9 @@ def main() -> int:
     cnn_config = yaml.safe_load((cnn / "config.yaml").read_text())
     delay_s = cnn_config.get("dynamic_batching", {}).get("max_queue_delay_us", 500) / 1e6
 
-    cnn_ceiling = ceiling(pin, cnn, [1, 32, 64], max(2.0, seconds / 2))
-    sr_ceiling = ceiling(pin, sr, [1], max(2.0, seconds / 2)) if sr else None
+    ceiling_s = max(1.5, seconds / 2)
+    cnn_ceiling: dict[int, dict] = {}
+    sr_ceiling: dict[int, dict] = {}
 
     table = Table()
     targets: list[Target] = []
@@ -174,24 +182,27 @@ def main() -> int:
         try:
             addr = server.address
             # 1. one client, 64 items per request
+            cnn_ceiling.update(ceiling(pin, cnn, [64], ceiling_s))
             r = harness.closed_loop(addr, payload(cnn, 64), 1, 64, seconds, server=server)
-            ratio = table.add("1 cnn_batch64", cnn.name, r, cnn_ceiling[64]["items_per_s"])
+            ratio = table.add("1 cnn_batch64", cnn.name, r, cnn_ceiling[64])
             targets.append(Target("cnn_batch64_ratio", ratio, ">=", 0.90))
 
             # 2. four clients, one 256x256 image each, x3 super-resolution
             if sr:
+                sr_ceiling.update(ceiling(pin, sr, [1], ceiling_s))
                 r = harness.closed_loop(addr, payload(sr, 1), 4, 1, seconds, server=server)
                 ratio = table.add("2 sr_x3_256 (4 clients)", sr.name, r,
-                                  sr_ceiling[1]["items_per_s"])
+                                  sr_ceiling[1])
                 targets.append(Target("sr_x3_256_ratio", ratio, ">=", 0.90))
             else:
                 targets.append(Target("sr_x3_256_ratio", float("nan"), ">=", 0.90,
                                       "models/espcn_x3 missing"))
 
             # 3. one client, one item: the serving layer's own latency
+            cnn_ceiling.update(ceiling(pin, cnn, [1], ceiling_s))
             r = harness.closed_loop(addr, payload(cnn, 1), 1, 1, seconds, server=server)
             table.add("3 rpc_overhead (1 client, 1 item)", cnn.name, r,
-                      cnn_ceiling[1]["items_per_s"])
+                      cnn_ceiling[1])
             overhead = r.p50_ms - cnn_ceiling[1]["p50_ms"]
             targets.append(Target("rpc_overhead_p50_ms", overhead, "<=", 0.5,
                                   f"served p50 {r.p50_ms:.3f} ms - in-process p50 "
@@ -199,9 +210,10 @@ def main() -> int:
 
             # 4. 32 clients, one item each, dynamic batching on
             body = payload(cnn, 1)
+            cnn_ceiling.update(ceiling(pin, cnn, [32], ceiling_s))
             on = harness.closed_loop(addr, body, 32, 1, seconds, server=server)
             ratio = table.add("4 batching on (32x1)", cnn.name, on,
-                              cnn_ceiling[32]["items_per_s"])
+                              cnn_ceiling[32])
             p99_bound = 2 * (delay_s * 1000 + cnn_ceiling[32]["p50_ms"])
 
             # 5. rss_growth at the knee of the throughput curve
@@ -219,7 +231,7 @@ def main() -> int:
         server = harness.start_server(off_repo, "--model", cnn.name, pin=pin)
         try:
             off = harness.closed_loop(server.address, body, 32, 1, seconds, server=server)
-            table.add("4 batching off (32x1)", cnn.name, off, cnn_ceiling[32]["items_per_s"])
+            table.add("4 batching off (32x1)", cnn.name, off, cnn_ceiling[32])
         finally:
             server.stop()
 
@@ -238,15 +250,20 @@ def main() -> int:
 
     print()
     print("in-process ceiling (ONNX Runtime, 1 intra-op thread, same core):")
-    for name, results in ((cnn.name, cnn_ceiling), (sr.name if sr else "", sr_ceiling or {})):
-        for batch, c in results.items():
-            print(f"  {name:<12} batch {batch:>3}: {c['items_per_s']:>10.1f} items/s, "
-                  f"p50 {c['p50_ms']:.3f} ms per run")
+    for name, results in ((cnn.name, cnn_ceiling), (sr.name if sr else "", sr_ceiling)):
+        for batch, c in sorted(results.items()):
+            print(f"  {name:<12} batch {batch:>3}: {c['items_per_s']:>10.1f} items/s "
+                  f"({c['items_per_cpu_s']:.1f} per CPU-second), p50 {c['p50_ms']:.3f} ms per run")
     print()
     table.print()
     print()
     print("cli = clients, bat = items per request, batch = mean executed batch (server histogram),")
-    print("cliCPU/srvCPU = cores used by the load generator / the server during the window")
+    print("cliCPU/srvCPU = cores used by the load generator / the server during the window,")
+    print("ratio = served/ceiling items per second (the targets), cpuRat = the same per CPU-second")
+    load1 = os.getloadavg()[0]
+    if load1 > (os.cpu_count() or 1):
+        print(f"warning: load average {load1:.1f} on {os.cpu_count()} CPUs: other processes "
+              "shared the pinned cores, wall-clock ratios are noisy (cpuRat much less so)")
     for note in notes:
         print("note:", note)
     for target in targets:

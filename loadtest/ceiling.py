@@ -47,9 +47,15 @@ def session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1,
 
 def measure(
     model_dir: Path, batch_sizes: list[int], seconds: float = 2.0, intra_op_threads: int = 1,
-    payload: str = "real", image_size: int = 256, min_runs: int = 5,
+    payload: str = "real", image_size: int = 256, min_runs: int = 5, trials: int = 1,
 ) -> dict[int, dict]:
-    """{batch: {items_per_s, p50_ms, mean_ms, runs}} from back-to-back session.run calls."""
+    """{batch: {items_per_s, items_per_cpu_s, p50_ms, mean_ms, runs}} from back-to-back
+    session.run calls.
+
+    With trials > 1 the time is split into that many windows and the best one is kept: on a shared
+    host, other processes steal whole windows now and then, and the ceiling is what the core can
+    do when nobody does.
+    """
     signature = signature_from_config(model_dir)
     sess = session(model_file(model_dir), intra_op_threads)
     outputs = [spec.name for spec in signature.outputs]
@@ -58,19 +64,29 @@ def measure(
         inputs, _ = make_inputs(signature, batch, payload, image_size)
         for _ in range(3):  # warm-up: first runs allocate
             sess.run(outputs, inputs)
-        times = []
-        started = time.perf_counter()
-        while len(times) < min_runs or time.perf_counter() - started < seconds:
-            t0 = time.perf_counter()
-            sess.run(outputs, inputs)
-            times.append(time.perf_counter() - t0)
-        wall = time.perf_counter() - started
-        results[batch] = {
-            "items_per_s": batch * len(times) / wall,
-            "p50_ms": statistics.median(times) * 1000,
-            "mean_ms": float(np.mean(times)) * 1000,
-            "runs": len(times),
-        }
+        best = None
+        for _ in range(max(trials, 1)):
+            times = []
+            cpu_started = time.thread_time()
+            started = time.perf_counter()
+            while len(times) < min_runs or time.perf_counter() - started < seconds / trials:
+                t0 = time.perf_counter()
+                sess.run(outputs, inputs)
+                times.append(time.perf_counter() - t0)
+            wall = time.perf_counter() - started
+            cpu = time.thread_time() - cpu_started
+            window = {
+                # Per CPU-second of this thread: what the core gives when not shared. Less
+                # sensitive than wall time to other processes on a busy host.
+                "items_per_cpu_s": batch * len(times) / cpu if cpu > 0 else float("nan"),
+                "items_per_s": batch * len(times) / wall,
+                "p50_ms": statistics.median(times) * 1000,
+                "mean_ms": float(np.mean(times)) * 1000,
+                "runs": len(times),
+            }
+            if best is None or window["items_per_s"] > best["items_per_s"]:
+                best = window
+        results[batch] = best
     return results
 
 
@@ -82,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intra-op-threads", type=int, default=1)
     parser.add_argument("--payload", choices=["real", "generated"], default="real")
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--trials", type=int, default=1, help="windows per batch size; best kept")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     results = measure(args.model_dir, sizes, args.seconds, args.intra_op_threads, args.payload,
-                      args.image_size)
+                      args.image_size, trials=args.trials)
     if args.json:
         print(json.dumps(results))
         return
