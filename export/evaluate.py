@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.core.config import CONFIG_FILENAME, InputScaling, ModelConfig, TaskKind, load_model_config
+from service.core.config import (
+    CONFIG_FILENAME,
+    InputScaling,
+    ModelConfig,
+    TaskKind,
+    load_model_config,
+)
 from training import common
 
 SR_TEST = common.REPO_ROOT.parent / "shared" / "data" / "sr" / "test"
@@ -114,7 +120,7 @@ def latency_ms(model: Bundled, batch: int, hw: tuple[int, int] | None = None, re
     rng = np.random.default_rng(0)
     feeds = {}
     for spec in model.config.inputs:
-        shape = [batch] + [d if d > 0 else 0 for d in spec.shape]
+        shape = [batch] + [max(0, d) for d in spec.shape]
         if hw is not None:
             shape[-2:] = hw
         if spec.datatype == "INT64":
@@ -364,13 +370,13 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
         "",
         card.get("what", ""),
         "",
-        f"- Task kind: `{cfg.task.kind.value}`; inputs {sig_in}; outputs {sig_out} "
-        f"(batch axis implicit, max batch {cfg.max_batch_size}).",
+        (f"- Task kind: `{cfg.task.kind.value}`; inputs {sig_in}; outputs {sig_out} "
+         f"(batch axis implicit, max batch {cfg.max_batch_size})."),
         f"- Dataset: {card.get('dataset', 'n/a')}.",
         f"- Training command: `{card.get('train_command', 'n/a')}` ({card.get('epochs', '?')} epochs)"
         + (f", then `python -m export {m.name}`." if "quantized_from" not in export else "."),
-        f"- Parameters: {export.get('parameters', 'n/a'):,}; ONNX file: {m.path.stat().st_size / 1024:.0f} KiB "
-        f"(opset {export.get('opset', '?')}).",
+        (f"- Parameters: {export.get('parameters', 'n/a'):,}; "
+         f"ONNX file: {m.path.stat().st_size / 1024:.0f} KiB (opset {export.get('opset', '?')})."),
         (f"- Export parity (max |ORT - PyTorch|, tolerance {export.get('parity_tolerance', '?')}): "
          + ", ".join(f"{k} {v:.1e}" for k, v in export.get("parity_max_abs_diff", {}).items()) + "."
          if "quantized_from" not in export else _quantized_note(m, export["quantized_from"], model_dir)),

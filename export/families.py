@@ -73,7 +73,7 @@ def export_autoencoder(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict
             "epochs": state["epoch"], "run": ckpt.parent.name}
     image = TensorIO("images", IMAGE_28)
     latent = TensorIO("latent", [LATENT])
-    grey = dict(input_scaling=PIXEL_01, color_mode="grey")
+    grey = {"input_scaling": PIXEL_01, "color_mode": "grey"}
     return [
         export_model(net, name="conv_autoencoder", models_dir=models_dir, inputs=[image],
                      outputs=[TensorIO("reconstructions", IMAGE_28)], samples=samples,

@@ -15,9 +15,9 @@ import shutil
 import struct
 import time
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -72,9 +72,9 @@ def _find_idx_dir(data_dir: Path | None, download: bool) -> Path:
             for name in names:
                 if not (target / name).exists():
                     tmp = target / (name + ".part")
-                    with urllib.request.urlopen(FASHION_MNIST_URL + name, timeout=30) as resp:
-                        with open(tmp, "wb") as out:
-                            shutil.copyfileobj(resp, out)
+                    with (urllib.request.urlopen(FASHION_MNIST_URL + name, timeout=30) as resp,
+                          open(tmp, "wb") as out):
+                        shutil.copyfileobj(resp, out)
                     tmp.rename(target / name)
             return target
         except OSError as exc:
@@ -198,7 +198,7 @@ def to_tensor_images(images: np.ndarray, device=None, mean: float = 0.0, std: fl
 
 
 def batches(n: int, batch_size: int, shuffle: bool, generator=None,
-            drop_last: bool = False) -> Iterator["np.ndarray"]:
+            drop_last: bool = False) -> Iterator[np.ndarray]:
     """Index batches over range(n); in-memory data needs no DataLoader and its worker overhead."""
     import torch
 

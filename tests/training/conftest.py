@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training extras not installed (pip install -e '.[training]')")
 
-from training import common  # noqa: E402
+from training import common
+
 
 @pytest.fixture(scope="session")
 def fashion_available() -> None:

@@ -21,7 +21,7 @@ def _fake_mnist(folder, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n, dtype=np.uint8)
-    for split, (img_name, lbl_name) in common.IDX_FILES.items():
+    for img_name, lbl_name in common.IDX_FILES.values():
         _write_idx(folder / img_name, images)
         _write_idx(folder / lbl_name, labels)
     return images, labels

@@ -15,8 +15,6 @@ from PIL import Image
 from export import evaluate, families
 from service.core.config import CONFIG_FILENAME, TaskKind, load_model_config
 
-
-
 # Small enough that every family trains in seconds on 2 cores.
 FASHION_ARGS = ["--dry-run", "--quiet", "--limit", "512"]
 
