@@ -5,10 +5,15 @@ on all three. Nothing may fail for the client that balances and retries itself."
 
 from __future__ import annotations
 
+import json
 import sys
 
-from servers import ROOT, start_server
-from onnx_builders import slow_config, slow_graph, write_model
+import grpc
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2_grpc
+
+from servers import ROOT, start_server, wait_for
+from onnx_builders import affine_config, affine_graph, slow_config, slow_graph, write_model
 
 sys.path.insert(0, str(ROOT / "deploy" / "failover"))
 import failover  # noqa: E402
@@ -50,3 +55,44 @@ def test_replicas_fail_over_without_losing_a_request(tmp_path):
     for outcome in report.failures("proxy"):
         assert outcome.phase in ("sigterm", "sigkill"), outcome
         assert outcome.code in ("UNAVAILABLE", "CANCELLED"), outcome
+
+
+def test_client_policy_keeps_a_not_serving_replica_out_of_rotation(tmp_path, server_factory):
+    """The documented channel watches grpc.health.v1: a replica whose health "" is NOT_SERVING
+    (here: one of its startup models unloaded, as while it loads or drains) gets no calls, and
+    gets them again once SERVING. A channel without healthCheckConfig keeps calling it."""
+    write_model(tmp_path, "affine", affine_graph(1.0, 0.0), affine_config())
+    write_model(tmp_path, "side", affine_graph(1.0, 0.0), affine_config())
+    sick, well = server_factory(tmp_path), server_factory(tmp_path)
+    addresses = [sick.grpc_address, well.grpc_address]
+    with triton.InferenceServerClient(sick.grpc_address) as admin:
+        admin.unload_model("side")  # "affine" still answers, but health "" is NOT_SERVING
+    assert failover.health_status(sick.grpc_address) == "NOT_SERVING"
+
+    with grpc.insecure_channel(well.grpc_address) as probe:
+        request = failover.infer_request(probe, "affine")
+
+    def calls(channel, count: int) -> None:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(count):
+            stub.ModelInfer(request, timeout=10)
+
+    with failover.client_channel(addresses) as channel:
+        calls(channel, 40)
+        assert failover.served_ok(sick) == 0
+        assert failover.served_ok(well) == 40
+
+        with triton.InferenceServerClient(sick.grpc_address) as admin:
+            admin.load_model("side")
+        wait_for(lambda: calls(channel, 1) or failover.served_ok(sick) > 0,
+                 what="the recovered replica back in rotation")
+
+    config = {"loadBalancingConfig": [{"round_robin": {}}]}
+    control = grpc.insecure_channel("ipv4:" + ",".join(addresses),
+                                    options=[("grpc.service_config", json.dumps(config))])
+    with triton.InferenceServerClient(sick.grpc_address) as admin:
+        admin.unload_model("side")
+    before = failover.served_ok(sick)
+    with control:
+        wait_for(lambda: calls(control, 1) or failover.served_ok(sick) > before,
+                 what="a channel without health checks calling the NOT_SERVING replica")
