@@ -285,7 +285,8 @@ async def sustainable_rate(load: Load, server: Server, estimate: float, seconds:
 
 def report_window(window: Window, window_s: float, first: Window) -> None:
     growth = (window.rss_mib / first.rss_mib - 1) * 100 if first.rss_mib else 0.0
-    minutes = f"{window.index * window_s / 60:5.1f}-{(window.index + 1) * window_s / 60:5.1f} min"
+    begin, end = window.index * window_s, (window.index + 1) * window_s
+    minutes = f"{int(begin // 60):02d}:{begin % 60:02.0f}-{int(end // 60):02d}:{end % 60:02.0f}"
     print(f"window {window.index + 1:2d} [{minutes}]: requests {window.requests:7d}  "
           f"errors {sum(window.errors.values()):3d}  p50 {window.percentile_ms(50):7.2f} ms  "
           f"p99 {window.percentile_ms(99):7.2f} ms  RSS {window.rss_mib:7.1f} MiB "

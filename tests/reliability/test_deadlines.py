@@ -12,7 +12,7 @@ from servers import metric_value, wait_for
 from onnx_builders import slow_config, slow_graph, write_model
 from reliability_support import code_of, gauge, output, slow_request, statistics
 
-BUSY_WORK = 30_000  # ~2 s of compute on an idle core: outlasts everything queued behind it
+BUSY_WORK = 50_000  # ~3 s of compute on an idle core: outlasts everything queued behind it
 
 
 def slow_server(tmp_path, server_factory, queue: int):

@@ -244,11 +244,13 @@ def test_retry_policy_carries_steady_traffic_through_a_restart(tmp_path, server_
     port = first.grpc_port
     with PolicyTraffic(f"127.0.0.1:{port}", x, expected, threads=16) as traffic:
         wait_for(lambda: len(traffic.outcomes) > 100, what="traffic through the policy")
-        assert first.terminate(timeout=60) == 0
-        before_restart = len(traffic.outcomes)
-        server_factory(tmp_path, "--grpc-port", str(port))
-        wait_for(lambda: len(traffic.outcomes) > before_restart + 100,
-                 what="traffic after the restart")
+        server = first
+        for _ in range(2):  # two restarts, one after the other
+            assert server.terminate(timeout=60) == 0
+            before_restart = len(traffic.outcomes)
+            server = server_factory(tmp_path, "--grpc-port", str(port))
+            wait_for(lambda: len(traffic.outcomes) > before_restart + 100,
+                     what="traffic after the restart")
     codes = Counter(code for code, _ in traffic.outcomes)
     print(f"through the restart with the policy: {dict(codes)}")
     assert codes == {OK: len(traffic.outcomes)}, \
