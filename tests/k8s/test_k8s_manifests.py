@@ -14,6 +14,7 @@ import copy
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from functools import cache
@@ -28,7 +29,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from servers import ROOT, start_server
+from servers import ROOT, start_server, wait_for
 from onnx_builders import affine_config, affine_graph, write_model
 
 K8S = ROOT / "deploy" / "k8s"
@@ -421,3 +422,76 @@ def test_manifests_agree_with_the_image_and_the_server_defaults():
     runtime = server_container(only(render("kserve"), "ServingRuntime")["spec"])
     assert runtime["securityContext"]["runAsUser"] == int(user.group(1))
     assert runtime["command"][:3] == ["python", "-m", "service"]
+
+
+def test_adapter_rules_and_keda_query_answer_per_pod_from_a_real_prometheus(tmp_path):
+    """Two real servers of the bundled classifier, scraped by a real Prometheus with the
+    `namespace` and `pod` labels Kubernetes discovery adds: each adapter rule's seriesQuery finds
+    the series (what the adapter lists), its metricsQuery answers one value per pod (what the HPA
+    reads), and the InferenceService's KEDA query answers one value (what KEDA requires)."""
+    import urllib.parse
+    import urllib.request
+
+    binary = shutil.which("prometheus")
+    assert binary, "Debian's prometheus is missing: run `make apt-deps`"
+    isvc = only(render("kserve"), "InferenceService")
+    keda = next(m["external"]["metric"] for m in isvc["spec"]["predictor"]["autoScaling"]["metrics"]
+                if m["type"] == "External")
+    namespace = re.search(r'namespace="([^"]+)"', keda["query"]).group(1)
+    model = json.loads(env_of(isvc["spec"]["predictor"]["model"])["ONNXSERVE_STARTUP_MODELS"])[0]
+    servers = [start_server(ROOT / "models", "--model", model) for _ in range(2)]
+    pods = [f"onnx-serve-{index}" for index in range(len(servers))]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "200ms", "scrape_timeout": "150ms"},
+        "scrape_configs": [{"job_name": "onnx-serve", "static_configs": [
+            {"targets": [f"127.0.0.1:{server.metrics_port}"],
+             "labels": {"namespace": namespace, "pod": pod}}
+            for server, pod in zip(servers, pods)]}],
+    }))
+    prometheus = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def api(path: str, **params) -> list:
+        url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                answer = json.loads(response.read())
+        except OSError:
+            assert prometheus.poll() is None, "prometheus exited"
+            return []
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"] if path == "query" else answer["data"]
+
+    try:
+        for server in servers:  # traffic, so that the request counter has series to rate
+            with triton.InferenceServerClient(server.grpc_address) as client:
+                x = triton.InferInput("images", [1, 1, 28, 28], "FP32")
+                x.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32))
+                client.infer(model, [x])
+        adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+        matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
+        for rule in adapter["rules"]["custom"]:
+            def series(rule=rule):
+                found = api("series", **{"match[]": rule["seriesQuery"]})
+                return {(s["namespace"], s["pod"]) for s in found} == {
+                    (namespace, p) for p in pods} and found
+
+            found = wait_for(series, what=f"series of every pod for {rule['seriesQuery']}")
+            query = (rule["metricsQuery"].replace("<<.Series>>", found[0]["__name__"])
+                     .replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", "pod"))
+            result = wait_for(lambda: len(api("query", query=query)) == len(pods)
+                              and api("query", query=query), what=f"one value per pod: {query}")
+            assert sorted(sample["metric"]["pod"] for sample in result) == pods
+        result = wait_for(lambda: api("query", query=keda["query"]), what=keda["query"])
+        assert len(result) == 1 and float(result[0]["value"][1]) >= 0
+    finally:
+        prometheus.terminate()
+        prometheus.wait(30)
+        for server in servers:
+            server.terminate()
