@@ -96,3 +96,24 @@ def test_client_policy_keeps_a_not_serving_replica_out_of_rotation(tmp_path, ser
     with control:
         wait_for(lambda: calls(control, 1) or failover.served_ok(sick) > before,
                  what="a channel without health checks calling the NOT_SERVING replica")
+
+
+def test_readme_policy_is_the_one_tested():
+    """The retry policy deploy/k8s/README.md tells clients to copy is, value for value, the one
+    the failover test runs."""
+    import ast
+
+    readme = (ROOT / "deploy" / "k8s" / "README.md").read_text()
+    section = readme[readme.index("## Clients: the retry policy to copy"):]
+    code = section[section.index("```python") + len("```python"):]
+    tree = ast.parse(code[:code.index("```")])
+    config = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Assign) and node.targets[0].id == "SERVICE_CONFIG")
+    assert config == failover.CLIENT_SERVICE_CONFIG
+    call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                and getattr(node.func, "attr", "") == "insecure_channel")
+    options = next(k.value for k in call.keywords if k.arg == "options")
+    documented = [ast.literal_eval(item) for item in options.elts
+                  if ast.literal_eval(item.elts[0]) != "grpc.service_config"]
+    tested = [o for o in failover.CLIENT_CHANNEL_OPTIONS if o[0] != "grpc.service_config"]
+    assert documented == tested
