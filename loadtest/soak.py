@@ -268,13 +268,14 @@ async def open_loop(load: Load, server: Server, rate: float, minutes: float, win
 async def sustainable_rate(load: Load, server: Server, estimate: float, seconds: float,
                            max_inflight: int) -> float:
     """The highest of a few open-loop rates, from `estimate` down, that the server keeps up with
-    for `seconds`: no send held back by the in-flight cap, no error, and p99 within 20x p50."""
+    for `seconds`: no send held back by the in-flight cap (a backlog fills it within a second or
+    two), no error, and a median under 50 ms. The tail is left out of the test: on a shared
+    machine it follows the neighbours' load more than ours."""
     for fraction in (1.0, 0.85, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2):
         rate = estimate * fraction
         (window,), late = await open_loop(load, server, rate, seconds / 60, seconds,
                                           max_inflight, report=False)
-        kept_up = late == 0 and not window.errors and \
-            window.percentile_ms(99) < 20 * window.percentile_ms(50)
+        kept_up = late == 0 and not window.errors and window.percentile_ms(50) < 50
         print(f"  probe {rate:6.0f} calls/s: p50 {window.percentile_ms(50):7.2f} ms, p99 "
               f"{window.percentile_ms(99):7.2f} ms, held back {late}: "
               f"{'kept up' if kept_up else 'fell behind'}", flush=True)
