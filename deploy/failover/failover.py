@@ -1,6 +1,7 @@
 """Multi-replica failover on one machine: three real servers, two front doors, three events.
 
     .venv/bin/python deploy/failover/failover.py            # a longer run over models/fashion_mlp
+    .venv/bin/python deploy/failover/failover.py --rounds 4 --window 400   # the README's table
     .venv/bin/python deploy/failover/failover.py --help
 
 Three `python -m service serve` processes on loopback ports share one model repository (a copy,
@@ -8,7 +9,8 @@ since the run publishes a new version into it). A steady, bounded load reaches t
   client  one gRPC channel over all three addresses: round_robin, client-side health checks and
           the retry policy of CLIENT_SERVICE_CONFIG (what a client of the headless Service does);
   proxy   nginx (`grpc_pass` to the three, passive health checks) reached by a channel with
-          retries off, so what the proxy alone does is what gets counted.
+          retries off, so what the proxy alone does is what gets counted;
+and, as a control, noretry: the client channel without its retry policy.
 While the load runs: one replica gets SIGTERM and is restarted (a rolling update), one gets
 SIGKILL and is restarted (a crash), and the model is reloaded to a new version on every replica.
 The report gives each front door's requests, errors and p50/p99 per event against steady state,
@@ -92,7 +94,7 @@ def client_channel(addresses: list[str]) -> grpc.Channel:
 # --- replicas -------------------------------------------------------------------------------
 
 class Replica(Protocol):
-    """A running server: tests/conftest.py's ServerProcess and this module's ServerProcess."""
+    """A running server: tests/servers.py's ServerProcess and this module's ServerProcess."""
 
     process: subprocess.Popen
     grpc_port: int
@@ -220,9 +222,10 @@ http {{
             grpc_pass grpc://replicas;
             grpc_connect_timeout 1s;
             grpc_read_timeout 30s;
-            # A refused or reset connection goes to the next replica; non_idempotent lets nginx
-            # resend a POST it had already sent (inference is idempotent). A gRPC status such as
-            # UNAVAILABLE travels in HTTP/2 trailers of a 200 response: nginx cannot retry it.
+            # A refused connection goes to the next replica. non_idempotent allows resending a
+            # POST (inference is idempotent), but nginx streams gRPC request bodies without
+            # keeping them, so a call cut after it was passed on still fails (502). A gRPC status
+            # such as UNAVAILABLE travels in the trailers of an HTTP 200: nginx cannot judge it.
             grpc_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
             grpc_next_upstream_tries 3;
             grpc_next_upstream_timeout 10s;
@@ -323,6 +326,7 @@ class Load:
         self._stop, self.resume = threading.Event(), threading.Event()
         self.resume.set()
         self._lock = threading.Lock()
+        self.active = 0  # calls under way now
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
 
     def start(self) -> Load:
@@ -337,24 +341,25 @@ class Load:
             thread.join(self._timeout + 5)
 
     def pause(self) -> None:
-        self.resume.clear()
+        with self._lock:
+            self.resume.clear()
 
     def count(self, phase: str | None = None, since: float = 0.0) -> int:
         return sum(1 for o in list(self.outcomes) if (phase is None or o.phase == phase)
                    and o.start >= since)
 
-    def _take(self) -> bool:
-        with self._lock:
-            if self._budget <= 0:
-                return False
-            self._budget -= 1
-            return True
-
     def _run(self) -> None:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         next_at = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() < self._until and self._take():
-            self.resume.wait(self._until - time.monotonic())
+        while not self._stop.is_set() and time.monotonic() < self._until:
+            self.resume.wait(max(0.0, self._until - time.monotonic()))
+            with self._lock:  # pause() takes the lock: once it returns, no new call starts
+                if self._stop.is_set() or not self.resume.is_set():
+                    continue
+                if self._budget <= 0:
+                    break
+                self._budget -= 1
+                self.active += 1
             phase, start = self._phase(), time.monotonic()
             try:
                 reply = stub.ModelInfer(self._request, timeout=self._timeout)
@@ -363,6 +368,8 @@ class Load:
             except grpc.RpcError as exc:
                 outcome = Outcome(self.door, phase, time.monotonic() - start, exc.code().name,
                                   exc.details() or "", start=start)
+            with self._lock:
+                self.active -= 1
             ended_in = self._phase()
             if outcome.phase == "steady" and ended_in in EVENTS:
                 outcome.phase = ended_in  # a crash cuts calls that started before the signal
@@ -544,6 +551,9 @@ class Scenario:
             for other in others:
                 other.pause()
             load.resume.set()
+            # Only this door's calls may count: let the paused doors' last calls land first.
+            poll(lambda: all(other.active == 0 for other in others), self.event_timeout,
+                 "paused doors to finish their calls")
             before = [served_ok(r) for r in self.replicas]
             try:
                 poll(lambda: all(served_ok(r) >= b + 3 for r, b in zip(self.replicas, before)),
