@@ -18,16 +18,28 @@ from export.families import EXPORTERS, FAMILY_OF, default_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("families", nargs="+", help=f"any of: all, {', '.join(EXPORTERS)}")
-    p.add_argument("--checkpoint", default=None, help="only with one family; default its training run")
+    p.add_argument(
+        "--checkpoint", default=None, help="only with one family; default its training run"
+    )
     p.add_argument("--models-dir", default="models")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder (held-out parity inputs)")
+    p.add_argument(
+        "--data-dir", default=None, help="Fashion-MNIST idx folder (held-out parity inputs)"
+    )
     args = p.parse_args(argv)
-    families = list(EXPORTERS) if args.families == ["all"] else [FAMILY_OF.get(f, f) for f in args.families]
+    families = (
+        list(EXPORTERS)
+        if args.families == ["all"]
+        else [FAMILY_OF.get(f, f) for f in args.families]
+    )
     unknown = [f for f in families if f not in EXPORTERS]
     if unknown:
-        p.error(f"unknown family {unknown}; choose from {list(EXPORTERS)} or a model name {list(FAMILY_OF)}")
+        p.error(
+            f"unknown family {unknown}; choose from {list(EXPORTERS)} or a model name {list(FAMILY_OF)}"
+        )
     if args.checkpoint and len(families) != 1:
         p.error("--checkpoint needs exactly one family")
     for family in dict.fromkeys(families):

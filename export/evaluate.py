@@ -99,8 +99,10 @@ class Bundled:
         """Run in chunks of `batch` rows and concatenate (keeps memory flat on 10k images)."""
         n = len(next(iter(feeds.values())))
         names = [o.name for o in self.config.outputs]
-        chunks = [self.session.run(names, {k: v[i:i + batch] for k, v in feeds.items()})
-                  for i in range(0, n, batch)]
+        chunks = [
+            self.session.run(names, {k: v[i : i + batch] for k, v in feeds.items()})
+            for i in range(0, n, batch)
+        ]
         return [np.concatenate([c[j] for c in chunks]) for j in range(len(names))]
 
 
@@ -115,7 +117,9 @@ def open_model(model_dir: Path, threads: int) -> Bundled:
     return Bundled(model_dir.name, config, path, session)
 
 
-def latency_ms(model: Bundled, batch: int, hw: tuple[int, int] | None = None, repeats: int = 20) -> float:
+def latency_ms(
+    model: Bundled, batch: int, hw: tuple[int, int] | None = None, repeats: int = 20
+) -> float:
     """Median wall time of one session run at `batch` (random inputs of the declared shape)."""
     rng = np.random.default_rng(0)
     feeds = {}
@@ -124,7 +128,9 @@ def latency_ms(model: Bundled, batch: int, hw: tuple[int, int] | None = None, re
         if hw is not None:
             shape[-2:] = hw
         if spec.datatype == "INT64":
-            feeds[spec.name] = rng.integers(0, model.config.task.num_classes or 1, shape).astype(np.int64)
+            feeds[spec.name] = rng.integers(0, model.config.task.num_classes or 1, shape).astype(
+                np.int64
+            )
         else:
             feeds[spec.name] = rng.random(shape, dtype=np.float32)
     names = [o.name for o in model.config.outputs]
@@ -167,7 +173,9 @@ class Context:
 
 
 def eval_classifier(m: Bundled, ctx: Context) -> None:
-    probs = m.run({m.config.inputs[0].name: pixels_to_input(ctx.test_images, m.config.task.input_scaling)})[0]
+    probs = m.run(
+        {m.config.inputs[0].name: pixels_to_input(ctx.test_images, m.config.task.input_scaling)}
+    )[0]
     m.metrics["test_accuracy"] = accuracy(probs, ctx.test_labels)
 
 
@@ -180,13 +188,24 @@ def eval_autoencoder(m: Bundled, ctx: Context) -> None:
     t = m.config.task
     out = m.run({m.config.inputs[0].name: pixels_to_input(ctx.test_images, t.input_scaling)})[0]
     m.metrics["test_mse_per_pixel"] = _reconstruct_mse(out, ctx.test_images, t.output_scaling)
-    per_image = np.mean((np.clip(output_to_pixels(out, t.output_scaling), 0, 255)[:, 0] / 255.0
-                         - ctx.test_images / 255.0) ** 2, axis=(1, 2))
+    per_image = np.mean(
+        (
+            np.clip(output_to_pixels(out, t.output_scaling), 0, 255)[:, 0] / 255.0
+            - ctx.test_images / 255.0
+        )
+        ** 2,
+        axis=(1, 2),
+    )
     # Anomaly-score view: how the per-image error spreads.
     m.metrics["test_mse_p99_image"] = float(np.quantile(per_image, 0.99))
-    pics = np.concatenate([ctx.test_images[:16],
-                           np.clip(np.rint(output_to_pixels(out[:16], t.output_scaling)), 0, 255)
-                           .astype(np.uint8)[:, 0]])
+    pics = np.concatenate(
+        [
+            ctx.test_images[:16],
+            np.clip(np.rint(output_to_pixels(out[:16], t.output_scaling)), 0, 255).astype(np.uint8)[
+                :, 0
+            ],
+        ]
+    )
     common.save_grid(pics, m.path.parent.parent / "reconstructions.png", nrow=16, scale=2)
     m.pictures.append("reconstructions.png")
 
@@ -199,9 +218,13 @@ def eval_encoder_decoder(m: Bundled, ctx: Context) -> None:
         enc, dec = ctx.models.get(m.name.replace("decoder", "encoder")), m
     if enc is None or dec is None:
         return
-    latent = enc.run({enc.config.inputs[0].name: pixels_to_input(ctx.test_images, enc.config.task.input_scaling)})[0]
+    latent = enc.run(
+        {enc.config.inputs[0].name: pixels_to_input(ctx.test_images, enc.config.task.input_scaling)}
+    )[0]
     out = dec.run({dec.config.inputs[0].name: latent.astype(np.float32)})[0]
-    m.metrics["round_trip_test_mse_per_pixel"] = _reconstruct_mse(out, ctx.test_images, dec.config.task.output_scaling)
+    m.metrics["round_trip_test_mse_per_pixel"] = _reconstruct_mse(
+        out, ctx.test_images, dec.config.task.output_scaling
+    )
     m.metrics["latent_mean_abs"] = float(np.mean(np.abs(latent)))
 
 
@@ -213,9 +236,14 @@ def eval_generator(m: Bundled, ctx: Context) -> None:
     requested = None
     if t.kind is TaskKind.CONDITIONAL_GENERATOR:
         requested = np.repeat(np.arange(t.num_classes), n // t.num_classes)
-        feeds = {"latent": feeds["latent"][:len(requested)], "class_label": requested[:, None].astype(np.int64)}
+        feeds = {
+            "latent": feeds["latent"][: len(requested)],
+            "class_label": requested[:, None].astype(np.int64),
+        }
     out = m.run(feeds)[0]
-    pixels = np.clip(np.rint(output_to_pixels(out, t.output_scaling)), 0, 255).astype(np.uint8)[:, 0]
+    pixels = np.clip(np.rint(output_to_pixels(out, t.output_scaling)), 0, 255).astype(np.uint8)[
+        :, 0
+    ]
     if ctx.feature_model is not None:
         probs, feats = ctx.features(pixels)
         m.metrics["frechet_distance_cnn"] = frechet_distance(feats, ctx.test_features())
@@ -223,7 +251,7 @@ def eval_generator(m: Bundled, ctx: Context) -> None:
             m.metrics["class_consistency"] = class_consistency(probs, requested)
     if requested is not None:
         per = n // t.num_classes
-        grid = np.concatenate([pixels[c * per: c * per + 10] for c in range(t.num_classes)])
+        grid = np.concatenate([pixels[c * per : c * per + 10] for c in range(t.num_classes)])
         common.save_grid(grid, m.path.parent.parent / "samples.png", nrow=10, scale=2)
     else:
         common.save_grid(pixels[:100], m.path.parent.parent / "samples.png", nrow=10, scale=2)
@@ -269,11 +297,14 @@ def crop_picture(m: Bundled, image_path: Path, out_path: Path, size: int = 96) -
     x = (np.asarray(y, np.float32) / 255.0)[None, None]
     out = m.session.run([m.config.outputs[0].name], {m.config.inputs[0].name: x})[0][0, 0]
     y_up = Image.fromarray(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))
-    model_rgb = Image.merge("YCbCr", (y_up, cb.resize(rgb.size, Image.BICUBIC),
-                                      cr.resize(rgb.size, Image.BICUBIC))).convert("RGB")
+    model_rgb = Image.merge(
+        "YCbCr", (y_up, cb.resize(rgb.size, Image.BICUBIC), cr.resize(rgb.size, Image.BICUBIC))
+    ).convert("RGB")
     cx, cy = rgb.width // 2 - size // 2, rgb.height // 2 - size // 2
     box = (cx, cy, cx + size, cy + size)
-    tiles = [im.crop(box).resize((size * 2, size * 2), Image.NEAREST) for im in (bicubic, model_rgb, rgb)]
+    tiles = [
+        im.crop(box).resize((size * 2, size * 2), Image.NEAREST) for im in (bicubic, model_rgb, rgb)
+    ]
     canvas = Image.new("RGB", (3 * size * 2 + 8, size * 2), "white")
     for i, tile in enumerate(tiles):
         canvas.paste(tile, (i * (size * 2 + 4), 0))
@@ -297,8 +328,11 @@ EVALUATORS = {
 
 def check_bars(m: Bundled) -> list[str]:
     """Failed quality bars, as readable strings (empty when every bar is met)."""
-    failed = [f"{key} {m.metrics.get(key, float('nan')):.4g} < {minimum}" for key, minimum in BARS.get(m.name, [])
-              if not m.metrics.get(key, -np.inf) >= minimum]
+    failed = [
+        f"{key} {m.metrics.get(key, float('nan')):.4g} < {minimum}"
+        for key, minimum in BARS.get(m.name, [])
+        if not m.metrics.get(key, -np.inf) >= minimum
+    ]
     limit = SIZE_BARS.get(m.name)
     if limit and m.path.stat().st_size > limit:
         failed.append(f"file {m.path.stat().st_size} B > {limit} B")
@@ -332,11 +366,16 @@ def write_table(models: list[Bundled], path: Path, command: str) -> None:
     ]
     for m in models:
         failed = check_bars(m)
-        bars = "n/a" if m.name not in BARS and m.name not in SIZE_BARS else ("pass" if not failed else
-                                                                             "FAIL: " + "; ".join(failed))
-        lines.append(f"| {m.name} | {m.config.task.kind.value} | {metric_text(m.metrics)} | "
-                     f"{m.path.stat().st_size / 1024:.0f} KiB | {m.metrics.get('latency_b1_ms', 0):.2f} ms | "
-                     f"{m.metrics.get('latency_bmax_ms', 0):.2f} ms | {bars} |")
+        bars = (
+            "n/a"
+            if m.name not in BARS and m.name not in SIZE_BARS
+            else ("pass" if not failed else "FAIL: " + "; ".join(failed))
+        )
+        lines.append(
+            f"| {m.name} | {m.config.task.kind.value} | {metric_text(m.metrics)} | "
+            f"{m.path.stat().st_size / 1024:.0f} KiB | {m.metrics.get('latency_b1_ms', 0):.2f} ms | "
+            f"{m.metrics.get('latency_bmax_ms', 0):.2f} ms | {bars} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -370,16 +409,24 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
         "",
         card.get("what", ""),
         "",
-        (f"- Task kind: `{cfg.task.kind.value}`; inputs {sig_in}; outputs {sig_out} "
-         f"(batch axis implicit, max batch {cfg.max_batch_size})."),
+        (
+            f"- Task kind: `{cfg.task.kind.value}`; inputs {sig_in}; outputs {sig_out} "
+            f"(batch axis implicit, max batch {cfg.max_batch_size})."
+        ),
         f"- Dataset: {card.get('dataset', 'n/a')}.",
         f"- Training command: `{card.get('train_command', 'n/a')}` ({card.get('epochs', '?')} epochs)"
         + (f", then `python -m export {m.name}`." if "quantized_from" not in export else "."),
-        (f"- Parameters: {export.get('parameters', 'n/a'):,}; "
-         f"ONNX file: {m.path.stat().st_size / 1024:.0f} KiB (opset {export.get('opset', '?')})."),
-        (f"- Export parity (max |ORT - PyTorch|, tolerance {export.get('parity_tolerance', '?')}): "
-         + ", ".join(f"{k} {v:.1e}" for k, v in export.get("parity_max_abs_diff", {}).items()) + "."
-         if "quantized_from" not in export else _quantized_note(m, export["quantized_from"], model_dir)),
+        (
+            f"- Parameters: {export.get('parameters', 'n/a'):,}; "
+            f"ONNX file: {m.path.stat().st_size / 1024:.0f} KiB (opset {export.get('opset', '?')})."
+        ),
+        (
+            f"- Export parity (max |ORT - PyTorch|, tolerance {export.get('parity_tolerance', '?')}): "
+            + ", ".join(f"{k} {v:.1e}" for k, v in export.get("parity_max_abs_diff", {}).items())
+            + "."
+            if "quantized_from" not in export
+            else _quantized_note(m, export["quantized_from"], model_dir)
+        ),
         "",
         f"## Quality (measured by `{command}`)",
         "",
@@ -387,7 +434,9 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
     lines += [f"- {k}: {_fmt(k, v)}" for k, v in m.metrics.items() if not k.startswith("latency")]
     failed = check_bars(m)
     if m.name in BARS or m.name in SIZE_BARS:
-        lines.append(f"- Quality bars: {'all met' if not failed else 'NOT met: ' + '; '.join(failed)}")
+        lines.append(
+            f"- Quality bars: {'all met' if not failed else 'NOT met: ' + '; '.join(failed)}"
+        )
     lines += [
         "",
         "## CPU latency (ONNX Runtime, 2 threads, median of 20 runs)",
@@ -399,23 +448,35 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
     pictures = [f"![{p}]({p})" for p in dict.fromkeys(m.pictures)]
     run = common.DEFAULT_RUNS / card.get("run", "-")
     if run.is_dir():  # training pictures: loss curves, latent map, per-epoch samples
-        pictures += [f"![training: {p.stem}](../../training/runs/{run.name}/{p.name})" for p in sorted(run.glob("*.png"))]
+        pictures += [
+            f"![training: {p.stem}](../../training/runs/{run.name}/{p.name})"
+            for p in sorted(run.glob("*.png"))
+        ]
     if pictures:
         lines += ["", "## Pictures", ""]
         if m.config.task.kind is TaskKind.SUPER_RESOLUTION:
-            lines += ["`sr_crops.png`: bicubic | this model | ground truth (Set14 comic, centre crop, 2x zoom).", ""]
+            lines += [
+                "`sr_crops.png`: bicubic | this model | ground truth (Set14 comic, centre crop, 2x zoom).",
+                "",
+            ]
         lines += pictures
     (model_dir / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models-dir", default="models")
     p.add_argument("--only", nargs="*", default=None, help="model names (default: all)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder")
     p.add_argument("--sr-dir", default=str(SR_TEST), help="folder holding Set5/ and Set14/")
-    p.add_argument("--generated", type=int, default=10000, help="samples per generator (FD, consistency)")
-    p.add_argument("--test-limit", type=int, default=None, help="first N test images only (smoke tests)")
+    p.add_argument(
+        "--generated", type=int, default=10000, help="samples per generator (FD, consistency)"
+    )
+    p.add_argument(
+        "--test-limit", type=int, default=None, help="first N test images only (smoke tests)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--no-cards", action="store_true", help="do not rewrite README.md/EVAL.md")
@@ -434,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             sr = m.config.task.kind is TaskKind.SUPER_RESOLUTION
             hw = (128, 128) if sr else None
             m.metrics["latency_b1_ms"] = latency_ms(m, 1, hw)
-            m.metrics["latency_bmax_ms"] = latency_ms(m, 8 if sr else 64, hw, repeats=10 if sr else 20)
+            m.metrics["latency_bmax_ms"] = latency_ms(
+                m, 8 if sr else 64, hw, repeats=10 if sr else 20
+            )
         print(f"{m.name}: {metric_text(m.metrics)} ({time.monotonic() - t0:.0f} s)", flush=True)
         (m.path.parent.parent / "metrics.json").write_text(json.dumps(m.metrics, indent=2) + "\n")
         if not args.no_cards:

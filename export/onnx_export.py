@@ -55,8 +55,13 @@ def batching(max_batch_size: int) -> DynamicBatching:
     return DynamicBatching(enabled=True, max_queue_delay_us=500, preferred_batch_sizes=preferred)
 
 
-def build_config(name: str, inputs: list[TensorIO], outputs: list[TensorIO], task: TaskMetadata,
-                 max_batch_size: int) -> ModelConfig:
+def build_config(
+    name: str,
+    inputs: list[TensorIO],
+    outputs: list[TensorIO],
+    task: TaskMetadata,
+    max_batch_size: int,
+) -> ModelConfig:
     return ModelConfig(
         name=name,
         max_batch_size=max_batch_size,
@@ -85,8 +90,14 @@ def _torch_run(module: torch.nn.Module, inputs: list[torch.Tensor]) -> list[np.n
     return [o.detach().cpu().numpy() for o in out]
 
 
-def check_parity(module: torch.nn.Module, onnx_path: Path, input_names: list[str],
-                 output_names: list[str], samples: list[list[torch.Tensor]], atol: float) -> dict:
+def check_parity(
+    module: torch.nn.Module,
+    onnx_path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    samples: list[list[torch.Tensor]],
+    atol: float,
+) -> dict:
     """Max |ORT - PyTorch| per output over each sample batch; raises ParityError above `atol`."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
@@ -100,17 +111,33 @@ def check_parity(module: torch.nn.Module, onnx_path: Path, input_names: list[str
         for name, e, g in zip(output_names, expected, got):
             if e.shape != g.shape:
                 raise ParityError(f"{onnx_path}: output {name} shape {g.shape} != torch {e.shape}")
-            diff = float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64)))) if e.size else 0.0
+            diff = (
+                float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64))))
+                if e.size
+                else 0.0
+            )
             report[f"{name}@batch{batch}"] = diff
             if not diff <= atol:
-                raise ParityError(f"{onnx_path}: output {name} at batch {batch}: max abs diff "
-                                  f"{diff:.3g} > tolerance {atol:.3g}")
+                raise ParityError(
+                    f"{onnx_path}: output {name} at batch {batch}: max abs diff "
+                    f"{diff:.3g} > tolerance {atol:.3g}"
+                )
     return report
 
 
-def export_model(module: torch.nn.Module, *, name: str, models_dir: Path, inputs: list[TensorIO],
-                 outputs: list[TensorIO], samples: list[list[torch.Tensor]], task: TaskMetadata,
-                 max_batch_size: int, atol: float = 1e-4, card: dict | None = None) -> dict:
+def export_model(
+    module: torch.nn.Module,
+    *,
+    name: str,
+    models_dir: Path,
+    inputs: list[TensorIO],
+    outputs: list[TensorIO],
+    samples: list[list[torch.Tensor]],
+    task: TaskMetadata,
+    max_batch_size: int,
+    atol: float = 1e-4,
+    card: dict | None = None,
+) -> dict:
     """Write models/<name>/1/model.onnx and models/<name>/config.yaml; return the export report.
 
     `samples` are held-out input batches (at least one of batch 1 and one larger) used both to
@@ -127,12 +154,22 @@ def export_model(module: torch.nn.Module, *, name: str, models_dir: Path, inputs
     trace_input = tuple(s.cpu() for s in samples[-1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module, trace_input, str(onnx_path), input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes,
-                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            trace_input,
+            str(onnx_path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     proto = onnx.load(str(onnx_path))
     onnx.checker.check_model(proto, full_check=True)
-    if not any(b.shape[0] == 1 for b in (s[0] for s in samples)) or all(s[0].shape[0] == 1 for s in samples):
+    if not any(b.shape[0] == 1 for b in (s[0] for s in samples)) or all(
+        s[0].shape[0] == 1 for s in samples
+    ):
         raise ValueError("parity needs a sample at batch 1 and one at batch > 1")
     parity = check_parity(module, onnx_path, input_names, output_names, samples, atol)
     config = build_config(name, inputs, outputs, task, max_batch_size)

@@ -25,7 +25,7 @@ from training import common
 
 class _Reader(CalibrationDataReader):
     def __init__(self, inputs: np.ndarray, name: str, batch: int = 64) -> None:
-        self._batches = iter([{name: inputs[i:i + batch]} for i in range(0, len(inputs), batch)])
+        self._batches = iter([{name: inputs[i : i + batch]} for i in range(0, len(inputs), batch)])
 
     def get_next(self):
         return next(self._batches, None)
@@ -39,25 +39,38 @@ def quantize(name: str, models_dir: Path, data_dir=None, calibration: int = 1024
     (dst_dir / "1").mkdir(parents=True, exist_ok=True)
     images, _ = common.load_mnist_like("train", data_dir)
     rng = np.random.default_rng(0)
-    calib = pixels_to_input(images[rng.choice(len(images), calibration, replace=False)],
-                            config.task.input_scaling)
+    calib = pixels_to_input(
+        images[rng.choice(len(images), calibration, replace=False)], config.task.input_scaling
+    )
     pre = dst_dir / "1" / "preprocessed.onnx"
     quant_pre_process(str(src_dir / "1" / config.model_filename), str(pre))
     out = dst_dir / "1" / config.model_filename
-    quantize_static(str(pre), str(out), _Reader(calib, config.inputs[0].name),
-                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True,
-                    # Softmax stays float: quantized probabilities no longer sum to 1.
-                    op_types_to_quantize=["Conv", "Gemm", "MatMul"])
+    quantize_static(
+        str(pre),
+        str(out),
+        _Reader(calib, config.inputs[0].name),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # Softmax stays float: quantized probabilities no longer sum to 1.
+        op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+    )
     pre.unlink()
     write_config(config.model_copy(update={"name": dst_name}), dst_dir)
     card = json.loads((src_dir / "card.json").read_text())
     card["title"] = dst_name
-    card["what"] = (f"int8 version of `{name}` for CPU: ONNX Runtime static quantization, QDQ format, "
-                    f"per-channel int8 weights and int8 activations calibrated on {calibration} training "
-                    f"images. Same inputs, outputs and config. " + card.get("what", ""))
-    card["export"] = {**card.get("export", {}), "parity_max_abs_diff": {}, "quantized_from": name,
-                      "file_bytes": out.stat().st_size}
+    card["what"] = (
+        f"int8 version of `{name}` for CPU: ONNX Runtime static quantization, QDQ format, "
+        f"per-channel int8 weights and int8 activations calibrated on {calibration} training "
+        f"images. Same inputs, outputs and config. " + card.get("what", "")
+    )
+    card["export"] = {
+        **card.get("export", {}),
+        "parity_max_abs_diff": {},
+        "quantized_from": name,
+        "file_bytes": out.stat().st_size,
+    }
     card["train_command"] = card.get("train_command", "") + f"; python -m export.quantize {name}"
     (dst_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
@@ -65,7 +78,9 @@ def quantize(name: str, models_dir: Path, data_dir=None, calibration: int = 1024
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("names", nargs="+")
     p.add_argument("--models-dir", default="models")
     p.add_argument("--data-dir", default=None)

@@ -22,8 +22,16 @@ from pathlib import Path
 import numpy as np
 
 FASHION_MNIST_LABELS = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_URL = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -51,7 +59,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte idx file (magic {data[:4].hex()})")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(dims)):
         raise ValueError(f"{path}: header says {dims} but holds {array.size} bytes")
@@ -72,8 +80,10 @@ def _find_idx_dir(data_dir: Path | None, download: bool) -> Path:
             for name in names:
                 if not (target / name).exists():
                     tmp = target / (name + ".part")
-                    with (urllib.request.urlopen(FASHION_MNIST_URL + name, timeout=30) as resp,
-                          open(tmp, "wb") as out):
+                    with (
+                        urllib.request.urlopen(FASHION_MNIST_URL + name, timeout=30) as resp,
+                        open(tmp, "wb") as out,
+                    ):
                         shutil.copyfileobj(resp, out)
                     tmp.rename(target / name)
             return target
@@ -93,8 +103,9 @@ def _resolve(folder: Path, name: str) -> Path:
     return folder / name if (folder / name).exists() else folder / name[:-3]
 
 
-def load_mnist_like(split: str, data_dir: str | Path | None = None, download: bool = True,
-                    limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist_like(
+    split: str, data_dir: str | Path | None = None, download: bool = True, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 28, 28], labels int64 [N]) of `split` ('train' or 'test').
 
     Looks in `data_dir`, then Debian's `/usr/share/datasets/fashion-mnist/`, then downloads.
@@ -150,8 +161,10 @@ def bicubic_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     from PIL import Image
 
-    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize(size, Image.BICUBIC),
-                      dtype=np.float64)
+    return np.asarray(
+        Image.fromarray(image.astype(np.float32), mode="F").resize(size, Image.BICUBIC),
+        dtype=np.float64,
+    )
 
 
 def sr_pair(hr_y: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,19 +206,25 @@ def to_tensor_images(images: np.ndarray, device=None, mean: float = 0.0, std: fl
     """uint8 [N, H, W] -> float [N, 1, H, W] as (pixel/255 - mean)/std."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images).copy()).to(device=device, dtype=torch.float32).div_(255.0).unsqueeze(1)
+    x = (
+        torch.from_numpy(np.ascontiguousarray(images).copy())
+        .to(device=device, dtype=torch.float32)
+        .div_(255.0)
+        .unsqueeze(1)
+    )
     return (x - mean) / std
 
 
-def batches(n: int, batch_size: int, shuffle: bool, generator=None,
-            drop_last: bool = False) -> Iterator[np.ndarray]:
+def batches(
+    n: int, batch_size: int, shuffle: bool, generator=None, drop_last: bool = False
+) -> Iterator[np.ndarray]:
     """Index batches over range(n); in-memory data needs no DataLoader and its worker overhead."""
     import torch
 
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]
 
 
 def progress(iterable: Iterable, total: int, desc: str, quiet: bool = False):
@@ -233,8 +252,16 @@ class RunDir:
         return self.path / "metrics.csv"
 
 
-def save_checkpoint(path: Path, *, models: dict, optimizers: dict, epoch: int, config: dict,
-                    extra: dict | None = None, schedulers: dict | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    models: dict,
+    optimizers: dict,
+    epoch: int,
+    config: dict,
+    extra: dict | None = None,
+    schedulers: dict | None = None,
+) -> None:
     """State dicts (never pickled modules) plus the arguments that rebuild the networks."""
     import torch
 
@@ -287,7 +314,8 @@ def anneal_rest(optimizer, remaining_steps: int, floor: float = 0.01):
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # the scheduler would otherwise restart from the peak LR
     return torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(remaining_steps, 1), eta_min=optimizer.param_groups[0]["lr"] * floor)
+        optimizer, T_max=max(remaining_steps, 1), eta_min=optimizer.param_groups[0]["lr"] * floor
+    )
 
 
 class MetricsLog:
@@ -320,7 +348,9 @@ class MetricsLog:
         return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_curves(log: MetricsLog, keys: list[str], path: Path, title: str, ylabel: str = "loss") -> None:
+def plot_curves(
+    log: MetricsLog, keys: list[str], path: Path, title: str, ylabel: str = "loss"
+) -> None:
     """Loss (or metric) curves per epoch as a small PNG."""
     import matplotlib
 
@@ -342,8 +372,9 @@ def plot_curves(log: MetricsLog, keys: list[str], path: Path, title: str, ylabel
     plt.close(fig)
 
 
-def save_grid(images: np.ndarray, path: Path, nrow: int, scale: int = 1,
-              row_labels: list[str] | None = None) -> None:
+def save_grid(
+    images: np.ndarray, path: Path, nrow: int, scale: int = 1, row_labels: list[str] | None = None
+) -> None:
     """Tile uint8 [N, H, W] grey images into one PNG (1-pixel gaps)."""
     from PIL import Image
 
@@ -353,7 +384,7 @@ def save_grid(images: np.ndarray, path: Path, nrow: int, scale: int = 1,
     canvas = np.full((nrows * (h + 1) + 1, ncol * (w + 1) + 1), 255, np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = img
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
     pic = Image.fromarray(canvas)
     if scale > 1:
         pic = pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="training extras not installed (pip install -e '.[training]')")
+torch = pytest.importorskip(
+    "torch", reason="training extras not installed (pip install -e '.[training]')"
+)
 
 from training import common
 

@@ -11,7 +11,11 @@ import pytest
 from service.core.config import CONFIG_FILENAME, NUMPY_DTYPES, load_model_config
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-BUNDLED = sorted(d.name for d in MODELS.iterdir() if (d / CONFIG_FILENAME).exists()) if MODELS.exists() else []
+BUNDLED = (
+    sorted(d.name for d in MODELS.iterdir() if (d / CONFIG_FILENAME).exists())
+    if MODELS.exists()
+    else []
+)
 ORT_TYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64"}
 
 
@@ -31,8 +35,9 @@ def test_cnn_onnx_at_most_2_mb():
 def test_bundled_model_matches_config_and_runs(name):
     config = load_model_config(MODELS / name / CONFIG_FILENAME)
     assert config.name == name and config.max_batch_size > 0
-    session = ort.InferenceSession(str(MODELS / name / "1" / config.model_filename),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(MODELS / name / "1" / config.model_filename), providers=["CPUExecutionProvider"]
+    )
     graph_in = {i.name: i for i in session.get_inputs()}
     graph_out = {o.name: o for o in session.get_outputs()}
     assert [t.name for t in config.inputs] == list(graph_in)
@@ -45,8 +50,11 @@ def test_bundled_model_matches_config_and_runs(name):
         assert isinstance(node.shape[0], str), "batch axis must be dynamic and named"
         shape = [3] + [d if d > 0 else 9 for d in spec.shape]
         dtype = NUMPY_DTYPES[spec.datatype]
-        feeds[spec.name] = (rng.integers(0, config.task.num_classes or 2, shape) if dtype == np.int64
-                            else rng.random(shape)).astype(dtype)
+        feeds[spec.name] = (
+            rng.integers(0, config.task.num_classes or 2, shape)
+            if dtype == np.int64
+            else rng.random(shape)
+        ).astype(dtype)
     outputs = session.run([t.name for t in config.outputs], feeds)
     for spec, out in zip(config.outputs, outputs):
         assert out.shape[0] == 3 and out.dtype == NUMPY_DTYPES[spec.datatype]

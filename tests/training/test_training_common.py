@@ -45,7 +45,9 @@ def test_idx_loader_rejects_bad_magic(tmp_path):
 
 def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
-    with pytest.raises(common.DatasetMissingError, match="apt-get install -y dataset-fashion-mnist"):
+    with pytest.raises(
+        common.DatasetMissingError, match="apt-get install -y dataset-fashion-mnist"
+    ):
         common.load_mnist_like("train", tmp_path / "empty", download=False)
 
 

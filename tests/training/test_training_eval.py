@@ -50,8 +50,14 @@ def test_accuracy():
     assert accuracy(probs, np.array([0, 1, 2, 0])) == 0.75
 
 
-@pytest.mark.parametrize("scaling", [InputScaling(), InputScaling(scale=1 / 255, mean=0.5, std=0.5),
-                                     InputScaling(scale=1 / 255, mean=0.286, std=0.353)])
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        InputScaling(),
+        InputScaling(scale=1 / 255, mean=0.5, std=0.5),
+        InputScaling(scale=1 / 255, mean=0.286, std=0.353),
+    ],
+)
 def test_scaling_round_trip(scaling):
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
     x = pixels_to_input(pixels, scaling)
@@ -69,7 +75,10 @@ def test_untrained_espcn_is_bicubic(scale):
     """The built-in bicubic skip matches PIL's bicubic upscale to within a grey level."""
     rng = np.random.default_rng(scale)
     lr = rng.uniform(0, 255, (12, 10)).round()
-    ours = ESPCN(scale)(torch.tensor(lr / 255, dtype=torch.float32)[None, None])[0, 0].detach().numpy() * 255
+    ours = (
+        ESPCN(scale)(torch.tensor(lr / 255, dtype=torch.float32)[None, None])[0, 0].detach().numpy()
+        * 255
+    )
     pil = common.bicubic_resize(lr, (10 * scale, 12 * scale))
     # Interior only: PIL's border handling differs, and the eval crops the border anyway.
     inner = slice(2 * scale, -2 * scale)

@@ -45,9 +45,17 @@ def test_autoencoder(tmp_path, models_dir, fashion_available):
 
     ckpt = train.main(["--run-dir", str(tmp_path), *FASHION_ARGS])
     families.export_autoencoder(ckpt, models_dir)
-    _check(models_dir, {"conv_autoencoder": TaskKind.AUTOENCODER, "conv_encoder": TaskKind.ENCODER,
-                        "conv_decoder": TaskKind.DECODER})
-    assert load_model_config(models_dir / "conv_encoder" / CONFIG_FILENAME).outputs[0].shape == [128]
+    _check(
+        models_dir,
+        {
+            "conv_autoencoder": TaskKind.AUTOENCODER,
+            "conv_encoder": TaskKind.ENCODER,
+            "conv_decoder": TaskKind.DECODER,
+        },
+    )
+    assert load_model_config(models_dir / "conv_encoder" / CONFIG_FILENAME).outputs[0].shape == [
+        128
+    ]
 
 
 def test_vae(tmp_path, models_dir, fashion_available):
@@ -55,8 +63,14 @@ def test_vae(tmp_path, models_dir, fashion_available):
 
     ckpt = train.main(["--run-dir", str(tmp_path), *FASHION_ARGS])
     families.export_vae(ckpt, models_dir)
-    _check(models_dir, {"vae": TaskKind.AUTOENCODER, "vae_encoder": TaskKind.ENCODER,
-                        "vae_decoder": TaskKind.GENERATOR})
+    _check(
+        models_dir,
+        {
+            "vae": TaskKind.AUTOENCODER,
+            "vae_encoder": TaskKind.ENCODER,
+            "vae_decoder": TaskKind.GENERATOR,
+        },
+    )
     assert (tmp_path / "latent_map.png").exists()
 
 
@@ -64,14 +78,20 @@ def test_vae(tmp_path, models_dir, fashion_available):
 def test_gan(conditional, tmp_path, models_dir, fashion_available):
     from training.gan import train
 
-    ckpt = train.main(["--run-dir", str(tmp_path), *FASHION_ARGS] + (["--conditional"] if conditional else []))
+    ckpt = train.main(
+        ["--run-dir", str(tmp_path), *FASHION_ARGS] + (["--conditional"] if conditional else [])
+    )
     families.export_gan(ckpt, models_dir)
     name = "cdcgan" if conditional else "dcgan"
     kind = TaskKind.CONDITIONAL_GENERATOR if conditional else TaskKind.GENERATOR
     _check(models_dir, {name: kind})
     config = load_model_config(models_dir / name / CONFIG_FILENAME)
     if conditional:
-        assert [(t.name, t.datatype, t.shape) for t in config.inputs][1] == ("class_label", "INT64", [1])
+        assert [(t.name, t.datatype, t.shape) for t in config.inputs][1] == (
+            "class_label",
+            "INT64",
+            [1],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +103,9 @@ def sr_images(tmp_path_factory):
         (root / sub).mkdir()
         for i in range(3):
             noise = rng.uniform(0, 255, (12, 16, 3)).astype(np.uint8)
-            Image.fromarray(noise).resize((128, 112), Image.BICUBIC).save(root / sub / f"img{i}.png")
+            Image.fromarray(noise).resize((128, 112), Image.BICUBIC).save(
+                root / sub / f"img{i}.png"
+            )
     return root
 
 
@@ -91,8 +113,20 @@ def sr_images(tmp_path_factory):
 def test_espcn(scale, tmp_path, models_dir, sr_images):
     from training.sr import train
 
-    ckpt = train.main(["--scale", str(scale), "--train-dir", str(sr_images / "train"),
-                       "--eval-dir", str(sr_images / "Set5"), "--run-dir", str(tmp_path), "--dry-run", "--quiet"])
+    ckpt = train.main(
+        [
+            "--scale",
+            str(scale),
+            "--train-dir",
+            str(sr_images / "train"),
+            "--eval-dir",
+            str(sr_images / "Set5"),
+            "--run-dir",
+            str(tmp_path),
+            "--dry-run",
+            "--quiet",
+        ]
+    )
     families.export_sr(ckpt, models_dir)
     _check(models_dir, {f"espcn_x{scale}": TaskKind.SUPER_RESOLUTION})
     config = load_model_config(models_dir / f"espcn_x{scale}" / CONFIG_FILENAME)
@@ -104,8 +138,19 @@ def test_eval_over_smoke_models(models_dir, sr_images, fashion_available):
     """The eval command runs end to end over whatever the smoke tests exported."""
     if not (models_dir / "fashion_cnn").exists():
         pytest.skip("needs the classifier smoke test's model")
-    evaluate.main(["--models-dir", str(models_dir), "--test-limit", "300", "--generated", "200",
-                   "--sr-dir", str(sr_images), "--no-latency"])
+    evaluate.main(
+        [
+            "--models-dir",
+            str(models_dir),
+            "--test-limit",
+            "300",
+            "--generated",
+            "200",
+            "--sr-dir",
+            str(sr_images),
+            "--no-latency",
+        ]
+    )
     table = (models_dir / "EVAL.md").read_text()
     for name in ("fashion_cnn", "cdcgan", "espcn_x3", "vae_decoder"):
         if (models_dir / name).exists():
@@ -114,7 +159,11 @@ def test_eval_over_smoke_models(models_dir, sr_images, fashion_available):
             assert metrics and all(np.isfinite(v) for v in metrics.values())
             assert (models_dir / name / "README.md").exists()
     if (models_dir / "cdcgan").exists():
-        assert 0.0 <= json.loads((models_dir / "cdcgan" / "metrics.json").read_text())["class_consistency"] <= 1.0
+        assert (
+            0.0
+            <= json.loads((models_dir / "cdcgan" / "metrics.json").read_text())["class_consistency"]
+            <= 1.0
+        )
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path, capsys, fashion_available):

@@ -24,7 +24,11 @@ class MLP(nn.Module):
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class CNN(nn.Module):
@@ -34,17 +38,19 @@ class CNN(nn.Module):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            *_block(1, w), *_block(w, w),            # w x 28 x 28
-            nn.MaxPool2d(2),                         # w x 14 x 14
-            *_block(w, 2 * w), *_block(2 * w, 2 * w),  # 2w x 14 x 14
-            nn.MaxPool2d(2),                         # 2w x 7 x 7
-            *_block(2 * w, 4 * w),                   # 4w x 7 x 7
-            nn.MaxPool2d(2),                         # 4w x 3 x 3
-            nn.Flatten(),                            # 36w
+            *_block(1, w),
+            *_block(w, w),  # w x 28 x 28
+            nn.MaxPool2d(2),  # w x 14 x 14
+            *_block(w, 2 * w),
+            *_block(2 * w, 2 * w),  # 2w x 14 x 14
+            nn.MaxPool2d(2),  # 2w x 7 x 7
+            *_block(2 * w, 4 * w),  # 4w x 7 x 7
+            nn.MaxPool2d(2),  # 4w x 3 x 3
+            nn.Flatten(),  # 36w
             nn.Dropout(dropout),
             nn.Linear(4 * w * 9, feature_size, bias=False),
             nn.BatchNorm1d(feature_size),
-            nn.ReLU(inplace=True),                   # feature_size
+            nn.ReLU(inplace=True),  # feature_size
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_size, 10))  # 10
 

@@ -25,22 +25,28 @@ def init_weights(m: nn.Module) -> None:
 class Generator(nn.Module):
     """latent [B, Z] (+ class label [B, 1] when conditional) -> images [B, 1, 28, 28]."""
 
-    def __init__(self, latent: int = 64, width: int = 64, conditional: bool = False,
-                 embed: int = 16) -> None:
+    def __init__(
+        self, latent: int = 64, width: int = 64, conditional: bool = False, embed: int = 16
+    ) -> None:
         super().__init__()
         self.conditional = conditional
         self.embedding = nn.Embedding(NUM_CLASSES, embed) if conditional else None
         cin = latent + (embed if conditional else 0)
         self.net = nn.Sequential(
             nn.Linear(cin, 2 * width * 7 * 7, bias=False),
-            nn.BatchNorm1d(2 * width * 7 * 7), nn.ReLU(inplace=True),
-            nn.Unflatten(1, (2 * width, 7, 7)),                                 # 2w x 7 x 7
+            nn.BatchNorm1d(2 * width * 7 * 7),
+            nn.ReLU(inplace=True),
+            nn.Unflatten(1, (2 * width, 7, 7)),  # 2w x 7 x 7
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True),                       # w x 14 x 14
-            nn.ConvTranspose2d(width, 1, 4, 2, 1), nn.Tanh(),                   # 1 x 28 x 28
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),  # w x 14 x 14
+            nn.ConvTranspose2d(width, 1, 4, 2, 1),
+            nn.Tanh(),  # 1 x 28 x 28
         )
 
-    def forward(self, latent: torch.Tensor, class_label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, latent: torch.Tensor, class_label: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.conditional:
             latent = torch.cat([latent, self.embedding(class_label.reshape(-1))], dim=1)
         return self.net(latent)
@@ -52,10 +58,12 @@ class Discriminator(nn.Module):
     def __init__(self, width: int = 64, conditional: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),              # w x 14 x 14
+            nn.Conv2d(1, width, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),  # w x 14 x 14
             nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2, inplace=True),                 # 2w x 7 x 7
-            nn.Flatten(),                                                              # 98w
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2, inplace=True),  # 2w x 7 x 7
+            nn.Flatten(),  # 98w
         )
         self.out = nn.Linear(2 * width * 7 * 7, 1)
         # Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), features>.

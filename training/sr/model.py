@@ -17,16 +17,19 @@ from torch import nn
 def cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
     """Keys' cubic convolution kernel; a = -0.5 as MATLAB's and PIL's bicubic."""
     t = np.abs(t)
-    return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
-                    np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+    return np.where(
+        t <= 1,
+        (a + 2) * t**3 - (a + 3) * t**2 + 1,
+        np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0),
+    )
 
 
 def bicubic_polyphase(scale: int) -> torch.Tensor:
     """[scale*scale, 1, 5, 5] weights: conv + pixel shuffle(scale) == bicubic upscale (half-pixel grid)."""
     taps = np.zeros((scale, 5))
     for phase in range(scale):
-        d = (phase + 0.5) / scale - 0.5          # source offset of this output phase, in LR pixels
-        for k in range(-2, 3):                   # LR neighbours i-2 .. i+2
+        d = (phase + 0.5) / scale - 0.5  # source offset of this output phase, in LR pixels
+        for k in range(-2, 3):  # LR neighbours i-2 .. i+2
             taps[phase, k + 2] = cubic(k - d)
         taps[phase] /= taps[phase].sum()
     w = np.einsum("pi,qj->pqij", taps, taps).reshape(scale * scale, 1, 5, 5)
@@ -41,7 +44,10 @@ class ESPCN(nn.Module):
         cin = 1
         for i, cout in enumerate(features):
             k = 5 if i == 0 else 3
-            layers += [nn.Conv2d(cin, cout, k, padding=k // 2), nn.ReLU(inplace=True)]  # cout x H x W
+            layers += [
+                nn.Conv2d(cin, cout, k, padding=k // 2),
+                nn.ReLU(inplace=True),
+            ]  # cout x H x W
             cin = cout
         layers.append(nn.Conv2d(cin, scale * scale, 3, padding=1))  # r^2 x H x W
         self.body = nn.Sequential(*layers)

@@ -29,8 +29,11 @@ def load_training_pairs(folder: Path, scale: int, rescales: tuple[float, ...]) -
     for path in common.list_images(folder):
         y = common.load_y(path)
         for f in rescales:
-            img = y if f == 1.0 else common.bicubic_resize(
-                y, (int(y.shape[1] * f), int(y.shape[0] * f)))
+            img = (
+                y
+                if f == 1.0
+                else common.bicubic_resize(y, (int(y.shape[1] * f), int(y.shape[0] * f)))
+            )
             lr, hr = common.sr_pair(img, scale)
             pairs.append((lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0))
     return pairs
@@ -43,16 +46,18 @@ def sample_batch(pairs, scale: int, patch: int, batch: int, rng: np.random.Gener
         lr, hr = pairs[i]
         y = int(rng.integers(0, lr.shape[0] - patch + 1))
         x = int(rng.integers(0, lr.shape[1] - patch + 1))
-        a = lr[y:y + patch, x:x + patch]
-        b = hr[y * scale:(y + patch) * scale, x * scale:(x + patch) * scale]
+        a = lr[y : y + patch, x : x + patch]
+        b = hr[y * scale : (y + patch) * scale, x * scale : (x + patch) * scale]
         k = int(rng.integers(0, 4))
         a, b = np.rot90(a, k), np.rot90(b, k)
         if rng.random() < 0.5:
             a, b = a[:, ::-1], b[:, ::-1]
         lrs.append(a)
         hrs.append(b)
-    return (torch.from_numpy(np.ascontiguousarray(np.stack(lrs)[:, None])),
-            torch.from_numpy(np.ascontiguousarray(np.stack(hrs)[:, None])))
+    return (
+        torch.from_numpy(np.ascontiguousarray(np.stack(lrs)[:, None])),
+        torch.from_numpy(np.ascontiguousarray(np.stack(hrs)[:, None])),
+    )
 
 
 @torch.no_grad()
@@ -71,10 +76,14 @@ def evaluate(model, eval_pairs, scale: int, device) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--scale", type=int, choices=[2, 3, 4], default=3)
     p.add_argument("--train-dir", default=str(DEFAULT_TRAIN))
-    p.add_argument("--eval-dir", default=str(DEFAULT_EVAL), help="images to report PSNR on each epoch")
+    p.add_argument(
+        "--eval-dir", default=str(DEFAULT_EVAL), help="images to report PSNR on each epoch"
+    )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--steps-per-epoch", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=32)
@@ -96,15 +105,25 @@ def main(argv: list[str] | None = None) -> Path:
     pairs = load_training_pairs(Path(args.train_dir), args.scale, rescales)
     pairs = [pp for pp in pairs if min(pp[0].shape) >= args.patch]
     if not pairs:
-        raise SystemExit(f"no training image in {args.train_dir} is at least {args.patch * args.scale} px a side")
-    eval_pairs = [common.sr_pair(common.load_y(path), args.scale) for path in common.list_images(args.eval_dir)]
+        raise SystemExit(
+            f"no training image in {args.train_dir} is at least {args.patch * args.scale} px a side"
+        )
+    eval_pairs = [
+        common.sr_pair(common.load_y(path), args.scale)
+        for path in common.list_images(args.eval_dir)
+    ]
     features = tuple(int(f) for f in args.features.split(","))
     config = {"scale": args.scale, "features": list(features)}
     model = ESPCN(args.scale, features).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * args.steps_per_epoch,
-                                                       eta_min=args.lr * 0.01)
-    start = 0 if args.dry_run else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=args.epochs * args.steps_per_epoch, eta_min=args.lr * 0.01
+    )
+    start = (
+        0
+        if args.dry_run
+        else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
+    )
     if start and sched.T_max != args.epochs * args.steps_per_epoch and start < args.epochs:
         sched = common.anneal_rest(opt, (args.epochs - start) * args.steps_per_epoch)
     log = common.MetricsLog(run.metrics_csv, start)
@@ -115,7 +134,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     for epoch in range(start + 1, args.epochs + 1):
         total = 0.0
-        for _ in common.progress(range(args.steps_per_epoch), args.steps_per_epoch, f"epoch {epoch}", args.quiet):
+        for _ in common.progress(
+            range(args.steps_per_epoch), args.steps_per_epoch, f"epoch {epoch}", args.quiet
+        ):
             lr_b, hr_b = sample_batch(pairs, args.scale, args.patch, args.batch_size, rng)
             loss = F.mse_loss(model(lr_b.to(device)), hr_b.to(device))
             opt.zero_grad(set_to_none=True)
@@ -124,12 +145,27 @@ def main(argv: list[str] | None = None) -> Path:
             sched.step()
             total += loss.item()
         ours, bic = evaluate(model, eval_pairs, args.scale, device)
-        log.log(epoch, train_mse=total / args.steps_per_epoch, eval_psnr=ours, eval_bicubic_psnr=bic)
-        common.save_checkpoint(run.checkpoint, models={"model": model}, optimizers={"opt": opt},
-                               schedulers={"sched": sched}, epoch=epoch, config=config)
-    common.plot_curves(log, ["eval_psnr", "eval_bicubic_psnr"], run.path / "psnr.png",
-                       f"ESPCN x{args.scale}: PSNR on {Path(args.eval_dir).name}", ylabel="PSNR (dB)")
-    common.plot_curves(log, ["train_mse"], run.path / "loss.png", f"ESPCN x{args.scale}: training MSE")
+        log.log(
+            epoch, train_mse=total / args.steps_per_epoch, eval_psnr=ours, eval_bicubic_psnr=bic
+        )
+        common.save_checkpoint(
+            run.checkpoint,
+            models={"model": model},
+            optimizers={"opt": opt},
+            schedulers={"sched": sched},
+            epoch=epoch,
+            config=config,
+        )
+    common.plot_curves(
+        log,
+        ["eval_psnr", "eval_bicubic_psnr"],
+        run.path / "psnr.png",
+        f"ESPCN x{args.scale}: PSNR on {Path(args.eval_dir).name}",
+        ylabel="PSNR (dB)",
+    )
+    common.plot_curves(
+        log, ["train_mse"], run.path / "loss.png", f"ESPCN x{args.scale}: training MSE"
+    )
     return run.checkpoint
 
 

@@ -14,10 +14,13 @@ class Encoder(nn.Module):
     def __init__(self, latent: int = LATENT) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),   # 32 x 14 x 14
-            nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),  # 32 x 7 x 7
-            nn.Flatten(),                                                      # 1568
-            nn.Linear(32 * 7 * 7, 128), nn.ReLU(inplace=True),                 # 128
+            nn.Conv2d(1, 32, 4, stride=2, padding=1),
+            nn.ReLU(inplace=True),  # 32 x 14 x 14
+            nn.Conv2d(32, 32, 4, stride=2, padding=1),
+            nn.ReLU(inplace=True),  # 32 x 7 x 7
+            nn.Flatten(),  # 1568
+            nn.Linear(32 * 7 * 7, 128),
+            nn.ReLU(inplace=True),  # 128
         )
         self.mean = nn.Linear(128, latent)
         self.logvar = nn.Linear(128, latent)
@@ -33,11 +36,15 @@ class Decoder(nn.Module):
     def __init__(self, latent: int = LATENT) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(latent, 128), nn.ReLU(inplace=True),                    # 128
-            nn.Linear(128, 32 * 7 * 7), nn.ReLU(inplace=True),                # 1568
-            nn.Unflatten(1, (32, 7, 7)),                                      # 32 x 7 x 7
-            nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),  # 32 x 14 x 14
-            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1), nn.Sigmoid(),  # 1 x 28 x 28
+            nn.Linear(latent, 128),
+            nn.ReLU(inplace=True),  # 128
+            nn.Linear(128, 32 * 7 * 7),
+            nn.ReLU(inplace=True),  # 1568
+            nn.Unflatten(1, (32, 7, 7)),  # 32 x 7 x 7
+            nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1),
+            nn.ReLU(inplace=True),  # 32 x 14 x 14
+            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),
+            nn.Sigmoid(),  # 1 x 28 x 28
         )
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Train the 2-D-latent VAE on Fashion-MNIST (Bernoulli likelihood, standard normal prior).
 
-    python -m training.vae.train --epochs 8
+python -m training.vae.train --epochs 8
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def evaluate(model, x: torch.Tensor) -> dict:
     return {"test_neg_elbo": elbo / len(x), "test_mse": mse / x.numel()}
 
 
-def latent_map(model, images: torch.Tensor, labels: np.ndarray, path: Path, names: list[str]) -> None:
+def latent_map(
+    model, images: torch.Tensor, labels: np.ndarray, path: Path, names: list[str]
+) -> None:
     """Test-set posterior means coloured by class, beside decoded images on a 15x15 latent grid."""
     import matplotlib
 
@@ -46,7 +48,9 @@ def latent_map(model, images: torch.Tensor, labels: np.ndarray, path: Path, name
 
     model.eval()
     with torch.no_grad():
-        means = torch.cat([model.encoder(images[i])[0] for i in common.batches(len(images), 1000, False)])
+        means = torch.cat(
+            [model.encoder(images[i])[0] for i in common.batches(len(images), 1000, False)]
+        )
         grid = latent_grid(15)
         decoded = common.to_uint8(model.decoder(torch.from_numpy(grid)))
     model.train()
@@ -77,7 +81,9 @@ def latent_grid(n: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -94,22 +100,36 @@ def main(argv: list[str] | None = None) -> Path:
 
     device = common.setup(args.seed, args.threads)
     run = common.RunDir(args.run_dir or common.DEFAULT_RUNS / "vae")
-    xtr = common.to_tensor_images(common.load_mnist_like("train", args.data_dir, limit=args.limit)[0], device)
+    xtr = common.to_tensor_images(
+        common.load_mnist_like("train", args.data_dir, limit=args.limit)[0], device
+    )
     test_images, test_labels = common.load_mnist_like("test", args.data_dir, limit=args.limit)
     xte = common.to_tensor_images(test_images, device)
     model = VAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = (len(xtr) + args.batch_size - 1) // args.batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * steps, eta_min=args.lr * 0.05)
-    start = 0 if args.dry_run else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=args.epochs * steps, eta_min=args.lr * 0.05
+    )
+    start = (
+        0
+        if args.dry_run
+        else common.resume(run.checkpoint, {"model": model}, {"opt": opt}, {"sched": sched})
+    )
     if start and sched.T_max != args.epochs * steps and start < args.epochs:
         sched = common.anneal_rest(opt, (args.epochs - start) * steps)
     log = common.MetricsLog(run.metrics_csv, start)
     gen = torch.Generator().manual_seed(args.seed + start)
     for epoch in range(start + 1, args.epochs + 1):
         sums, seen = np.zeros(3), 0
-        for i, idx in enumerate(common.progress(common.batches(len(xtr), args.batch_size, True, gen),
-                                                steps, f"epoch {epoch}", args.quiet)):
+        for i, idx in enumerate(
+            common.progress(
+                common.batches(len(xtr), args.batch_size, True, gen),
+                steps,
+                f"epoch {epoch}",
+                args.quiet,
+            )
+        ):
             x = xtr[idx]
             recon, mean, logvar = model(x)
             loss, rec, kl = vae_loss(recon, x, mean, logvar)
@@ -122,16 +142,33 @@ def main(argv: list[str] | None = None) -> Path:
             if args.dry_run and i >= 4:
                 break
         avg = sums / seen
-        log.log(epoch, train_neg_elbo=float(avg[0]), train_recon=float(avg[1]), train_kl=float(avg[2]),
-                **evaluate(model, xte))
-        common.save_checkpoint(run.checkpoint, models={"model": model}, optimizers={"opt": opt},
-                               schedulers={"sched": sched}, epoch=epoch, config={"latent": 2})
-    common.plot_curves(log, ["train_neg_elbo", "test_neg_elbo"], run.path / "loss.png",
-                       "VAE: negative ELBO (nats per image)")
+        log.log(
+            epoch,
+            train_neg_elbo=float(avg[0]),
+            train_recon=float(avg[1]),
+            train_kl=float(avg[2]),
+            **evaluate(model, xte),
+        )
+        common.save_checkpoint(
+            run.checkpoint,
+            models={"model": model},
+            optimizers={"opt": opt},
+            schedulers={"sched": sched},
+            epoch=epoch,
+            config={"latent": 2},
+        )
+    common.plot_curves(
+        log,
+        ["train_neg_elbo", "test_neg_elbo"],
+        run.path / "loss.png",
+        "VAE: negative ELBO (nats per image)",
+    )
     latent_map(model, xte, test_labels, run.path / "latent_map.png", common.FASHION_MNIST_LABELS)
     with torch.no_grad():
         model.eval()
-        samples = common.to_uint8(model.decoder(torch.randn(64, 2, generator=torch.Generator().manual_seed(0))))
+        samples = common.to_uint8(
+            model.decoder(torch.randn(64, 2, generator=torch.Generator().manual_seed(0)))
+        )
     common.save_grid(samples, run.path / "samples.png", nrow=8, scale=2)
     return run.checkpoint
 
