@@ -55,6 +55,8 @@ class Step:
     compute_ms: float
     client_cpu: float
     ceiling_items_per_s: float | None
+    server_items_per_cpu_s: float | None = None
+    ceiling_items_per_cpu_s: float | None = None
 
     @property
     def ms_per_item(self) -> float:
@@ -64,6 +66,14 @@ class Step:
     def ratio(self) -> float:
         return (self.items_per_s / self.ceiling_items_per_s
                 if self.ceiling_items_per_s else float("nan"))
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Items per server CPU-second over the ceiling's items per CPU-second: the share of the
+        core's work that is model compute, undisturbed by other processes on a shared host."""
+        if self.server_items_per_cpu_s and self.ceiling_items_per_cpu_s:
+            return self.server_items_per_cpu_s / self.ceiling_items_per_cpu_s
+        return float("nan")
 
 
 def percentile(histogram: dict[str, int], q: float) -> float:
@@ -113,9 +123,11 @@ def run_locust(address: str, model: str, clients: int, batch: int, seconds: floa
 
 def step(address: str, metrics_url: str | None, model: str, clients: int, batch: int,
          seconds: float, out: Path, pin: list[str], processes: int, payload: str,
-         ceiling: dict | None) -> Step:
+         ceiling: dict | None, server: harness.Server | None) -> Step:
     before = fetch(metrics_url)
+    cpu0 = server.cpu_seconds() if server else None
     entry, cpu = run_locust(address, model, clients, batch, seconds, out, pin, processes, payload)
+    server_cpu = server.cpu_seconds() - cpu0 if server else None
     after = fetch(metrics_url)
     probe = harness.LoadResult(clients, batch, seconds, 0, 0, [], cpu, None, before, after)
     span = max(entry["last_request_timestamp"] - entry["start_time"], 1e-9)
@@ -129,6 +141,8 @@ def step(address: str, metrics_url: str | None, model: str, clients: int, batch:
         probe.mean_ms("inference_queue_duration_seconds", model) if after else float("nan"),
         probe.mean_ms("inference_compute_duration_seconds", model) if after else float("nan"),
         cpu, (ceiling or {}).get(batch, {}).get("items_per_s"),
+        entry["num_requests"] * batch / server_cpu if server_cpu else None,
+        (ceiling or {}).get(batch, {}).get("items_per_cpu_s"),
     )
 
 
@@ -161,21 +175,28 @@ def report(out: Path, steps: list[Step], ceilings: dict[str, dict], notes: list[
                 f"{fmt(served.ratio if served else None, 2)} |")
         lines += ["", "### Sweep", "",
                   "| clients | batch | req/s | items/s | ms/item | p50 ms | p95 ms | p99 ms | "
-                  "exec batch | queue ms | compute ms | served/ceiling | failures | client CPU |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "exec batch | queue ms | compute ms | served/ceiling | per CPU-s | failures | "
+                  "client CPU |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in sorted(rows, key=lambda s: (s.clients, s.batch)):
             lines.append(
                 f"| {s.clients} | {s.batch} | {fmt(s.req_per_s)} | {fmt(s.items_per_s)} | "
                 f"{fmt(s.ms_per_item, 3)} | {fmt(s.p50_ms, 0)} | {fmt(s.p95_ms, 0)} | "
                 f"{fmt(s.p99_ms, 0)} | {fmt(s.exec_batch)} | {fmt(s.queue_ms, 2)} | "
-                f"{fmt(s.compute_ms, 2)} | {fmt(s.ratio, 2)} | {s.failures} | "
+                f"{fmt(s.compute_ms, 2)} | {fmt(s.ratio, 2)} | {fmt(s.cpu_ratio, 2)} | "
+                f"{s.failures} | "
                 f"{fmt(s.client_cpu, 2)} |")
         lines += ["", "In-process ceiling (ONNX Runtime, same model, threads and core):", "",
-                  "| batch | items/s | p50 ms per run |", "|---:|---:|---:|"]
+                  "| batch | items/s | items per CPU-s | p50 ms per run |", "|---:|---:|---:|---:|"]
         for batch, c in sorted(ceiling.items()):
-            lines.append(f"| {batch} | {fmt(c['items_per_s'])} | {fmt(c['p50_ms'], 3)} |")
+            lines.append(f"| {batch} | {fmt(c['items_per_s'])} | {fmt(c['items_per_cpu_s'])} | "
+                         f"{fmt(c['p50_ms'], 3)} |")
         lines.append("")
     lines += ["Columns: ms/item = clients / items per second (the time one caller pays per item); "
+              "served/ceiling = items/s over the in-process items/s at the same request batch "
+              "size (wall clock: on a busy shared host the ceiling itself moves); per CPU-s = "
+              "items per server CPU-second over the ceiling's items per CPU-second (what share of "
+              "the server's CPU is model compute; robust to other load on the host); "
               "latency percentiles are Locust's (rounded to 1 ms below 100 ms); exec batch, "
               "queue and compute are the means of the service's own histograms over the step "
               "(compute per executed batch); client CPU = cores the Locust process used "
@@ -202,10 +223,11 @@ def plot(out: Path, steps: list[Step], ceilings: dict[str, dict]) -> list[Path]:
             ax2.plot(batches, [s.ms_per_item for s in series], "o-", label=f"{clients} clients")
         ceiling = ceilings.get(model, {})
         sizes = sorted(b for b in ceiling if b in BATCH_SIZES)
-        ax1.plot(sizes, [ceiling[b]["items_per_s"] for b in sizes], "k--",
-                 label="in-process ceiling")
-        ax2.plot(sizes, [ceiling[b]["mean_ms"] / b for b in sizes], "k--",
-                 label="in-process ceiling")
+        # Per CPU-second: the wall-clock ceiling on a shared host jumps with other load.
+        ax1.plot(sizes, [ceiling[b]["items_per_cpu_s"] for b in sizes], "k--",
+                 label="in-process ceiling (per CPU-s)")
+        ax2.plot(sizes, [1000.0 / ceiling[b]["items_per_cpu_s"] for b in sizes], "k--",
+                 label="in-process ceiling (per CPU-s)")
         for ax, title, unit in ((ax1, "throughput vs batch size", "items/s"),
                                 (ax2, "per-item latency vs batch size", "ms per item")):
             ax.set_xscale("log", base=2)
@@ -287,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             ceilings[model] = json.loads(subprocess.run(
                 [*server_pin, sys.executable, "-m", "loadtest.ceiling",
                  str(args.repository / model), "--batch-sizes", ",".join(map(str, sizes)),
-                 "--seconds", "1", "--payload", args.payload, "--json"],
+                 "--seconds", "1.5", "--trials", "3", "--payload", args.payload, "--json"],
                 cwd=ROOT, capture_output=True, text=True, check=True).stdout)
             ceilings[model] = {int(k): v for k, v in ceilings[model].items()}
             plan = [(c, b) for c in levels for b in sizes if b in batches]
@@ -295,11 +317,12 @@ def main(argv: list[str] | None = None) -> None:
             for clients, batch in plan:
                 s = step(address, metrics_url, model, clients, batch, args.seconds,
                          out / "locust", client_pin, args.processes, args.payload,
-                         ceilings[model])
+                         ceilings[model], server)
                 steps.append(s)
                 print(f"{model} c={clients:<3} b={batch:<4} {s.items_per_s:>10.1f} items/s "
                       f"p50 {fmt(s.p50_ms, 0)} ms p99 {fmt(s.p99_ms, 0)} ms exec batch "
-                      f"{fmt(s.exec_batch)} ratio {fmt(s.ratio, 2)} client CPU "
+                      f"{fmt(s.exec_batch)} ratio {fmt(s.ratio, 2)} per CPU-s "
+                      f"{fmt(s.cpu_ratio, 2)} client CPU "
                       f"{fmt(s.client_cpu, 2)}", flush=True)
     finally:
         if server is not None:
