@@ -166,9 +166,10 @@ def raw_bytes(draw, datatype: str, count: int, length: int) -> bytes:
     dtype = NUMPY.get(datatype)
     floats = dtype is not None and np.dtype(dtype).kind == "f"
     if floats and length == count * np.dtype(dtype).itemsize and draw(st.booleans()):
-        values = np.resize(np.array(draw(st.lists(st.sampled_from(FLOAT_SPECIALS), min_size=1,
-                                                    max_size=4)), dtype), count)
-        return values.astype(dtype).tobytes()
+        specials = draw(st.lists(st.sampled_from(FLOAT_SPECIALS), min_size=1, max_size=4))
+        with np.errstate(over="ignore"):  # 1e38 as FP16 is +inf: wanted
+            values = np.resize(np.array(specials, np.float64).astype(dtype), count)
+        return values.tobytes()
     if length <= 512:
         return draw(st.binary(min_size=length, max_size=length))
     return np.random.default_rng(draw(st.integers(0, 2**32))).bytes(length)

@@ -236,8 +236,9 @@ def test_retry_policy_waits_for_a_server_restarted_on_the_same_port(tmp_path, se
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "server bug: a new call that reaches the server while it shuts down can get CANCELLED "
-    "instead of UNAVAILABLE, and no retry policy retries CANCELLED"))
+    "server bug: new calls that reach the server in its last moments (after the drain, while "
+    "InferenceServer.stop runs grpc_server.stop(0)) get CANCELLED instead of UNAVAILABLE, and "
+    "the retry policy rightly does not retry CANCELLED"))
 def test_retry_policy_carries_steady_traffic_through_a_restart(tmp_path, server_factory):
     x, expected = affine_repo(tmp_path)
     first = server_factory(tmp_path)
@@ -258,8 +259,8 @@ def test_retry_policy_carries_steady_traffic_through_a_restart(tmp_path, server_
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "server bug: during shutdown some new calls get CANCELLED (grpc_server.stop cancels calls "
-    "the transport accepted after the drain); they should get UNAVAILABLE"))
+    "server bug: new calls that reach the server in its last moments (after the drain, while "
+    "InferenceServer.stop runs grpc_server.stop(0)) get CANCELLED instead of UNAVAILABLE"))
 def test_sigterm_answers_new_calls_with_unavailable_only(tmp_path, server_factory):
     x, expected = affine_repo(tmp_path)
     server = server_factory(tmp_path)
