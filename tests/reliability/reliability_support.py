@@ -24,7 +24,7 @@ from servers import metric_value
 
 # `make test` runs a few hundred hostile cases in all; HYPOTHESIS_PROFILE=soak runs thousands.
 settings.register_profile(
-    "default", max_examples=120, deadline=None, derandomize=True, print_blob=True,
+    "reliability", max_examples=120, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.function_scoped_fixture],
 )
@@ -33,7 +33,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.function_scoped_fixture],
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reliability"))
 
 # Statuses a client may cause with any request; UNKNOWN and INTERNAL are server bugs.
 CLIENT_STATUSES = {
