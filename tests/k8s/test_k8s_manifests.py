@@ -33,7 +33,8 @@ from servers import ROOT, start_server, wait_for
 from onnx_builders import affine_config, affine_graph, write_model
 
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("base", "cpu", "gpu")
+OVERLAYS = ("base", "cpu", "gpu", "bundled")
+IMAGE = "onnx-serve:0.1.0"
 KUBERNETES_VERSION = "1.37.0"
 OLDEST_KUBERNETES = "1.30.0"  # the README's minimum (preStop sleep action)
 # Repo-relative on purpose: ../shared/schemas sits next to the checkout in CI.
@@ -112,8 +113,8 @@ def check_jsonschema(schema: Path, documents: list[dict],
 def test_rendered_overlay_is_valid_kubernetes_strict(overlay, version):
     docs = render(overlay)
     kinds = {doc["kind"] for doc in docs}
-    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-            "PersistentVolumeClaim"} <= kinds
+    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
+    assert ("PersistentVolumeClaim" in kinds) == (overlay != "bundled")
     for doc in docs:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -180,9 +181,33 @@ def test_services_pdb_and_hpa_point_at_the_deployment(overlay):
                                              "name": deployment["metadata"]["name"]}
     assert hpa["spec"]["minReplicas"] >= 2  # one replica must survive the PDB's disruption
     assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
-    claim = only(docs, "PersistentVolumeClaim")["metadata"]["name"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+    if overlay == "bundled":  # filled by the init container from the image
+        assert set(volumes["models"]) == {"name", "emptyDir"}
+        (init,) = pod["spec"]["initContainers"]
+        assert {m["name"] for m in init["volumeMounts"]} == {"models"}
+    else:
+        claim = only(docs, "PersistentVolumeClaim")["metadata"]["name"]
+        assert volumes["models"]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+    images = {c["image"] for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])}
+    assert images == {IMAGE}
+
+
+def test_bundled_overlays_init_container_copies_a_repository(tmp_path):
+    """The init container's own command, run here with its two paths moved into tmp_path."""
+    pod = only(render("bundled"), "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    source = tmp_path / "image-models"
+    write_model(source, "affine", affine_graph(1.0, 0.0), affine_config())
+    target = tmp_path / "repo"
+    mount = next(m["mountPath"] for m in init["volumeMounts"] if m["name"] == "models")
+    command = [part.replace("'/models'", repr(str(source))).replace(f"'{mount}'", repr(str(target)))
+               for part in init["command"]]
+    command[0] = sys.executable if command[0] == "python" else command[0]
+    subprocess.run(command, check=True, timeout=60)
+    assert (target / "affine" / "config.yaml").read_text() == \
+        (source / "affine" / "config.yaml").read_text()
+    assert (target / "affine" / "1" / "model.onnx").is_file()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
