@@ -84,7 +84,7 @@ class InferenceServer:
             ],
         )
         kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.core, settings.max_load_file_bytes), self.grpc_server
+            KServeServicer(self.core, limit, settings.max_load_file_bytes), self.grpc_server
         )
         task_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self.core, self.tasks, limit), self.grpc_server
@@ -172,13 +172,18 @@ class InferenceServer:
         `grace` seconds), then close the server and the models."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.core.draining = True
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # watchers see NOT_SERVING first
         log.info("draining: %d call(s) in flight", self.interceptor.active_calls)
+        # Stop at once, with a grace period: gRPC sends GOAWAY, so clients stop opening calls here
+        # and get UNAVAILABLE (which their retry policy retries elsewhere) for new ones, while
+        # calls in flight finish. Refusing in our interceptor alone and stopping at the end would
+        # let calls race in until the last moment, when gRPC cancels them.
+        stopped = asyncio.ensure_future(self.grpc_server.stop(grace))
         try:
             await asyncio.wait_for(self.interceptor.wait_idle(), grace)
         except TimeoutError:
             log.warning("grace period over with %d call(s) in flight", self.interceptor.active_calls)
-        await self.grpc_server.stop(0)
+        await stopped
         await self.repository.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A 4096 x 4096 RGB float32 tensor is 192 MiB; leave room for the protobuf envelope.
 DEFAULT_MAX_MESSAGE_BYTES = 4096 * 4096 * 3 * 4 + 1024 * 1024
+# What a response may need beyond its tensors' or image's bytes (names, shapes, fields).
+MESSAGE_ENVELOPE_BYTES = 4096
 
 
 class ServerSettings(BaseSettings):

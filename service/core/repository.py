@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # Model names become directory names: no separators, no leading dot, so no escape from the root.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Versions are ASCII digits (str.isdigit would let '²' through to int()).
+_VERSION = re.compile(r"^[0-9]{1,9}$")
 
 
 class ModelState(str, enum.Enum):
@@ -92,7 +94,7 @@ def _looks_like_model(path: Path) -> bool:
     if (path / CONFIG_FILENAME).is_file() or (path / PBTXT_FILENAME).is_file():
         return True
     return path.is_dir() and any(
-        v.is_dir() and v.name.isdigit() and any(v.glob("*.onnx")) for v in path.iterdir()
+        v.is_dir() and _VERSION.match(v.name) and any(v.glob("*.onnx")) for v in path.iterdir()
     )
 
 
@@ -126,6 +128,8 @@ class ModelRepository:
                       if _MODEL_NAME.match(p.name) and _looks_like_model(p))
 
     def _model_dir(self, name: str) -> Path:
+        # The validated name has no separators and no '..'; resolving also refuses a symlink
+        # that leads out of the repository.
         path = (self.root / validate_model_name(name)).resolve()
         if path.parent != self.root:
             raise InvalidArgument(f"model name {name!r} escapes the repository")
@@ -224,7 +228,7 @@ class ModelRepository:
     def _on_disk(model_dir: Path, policy: VersionPolicy, filename: str,
                  source: str) -> dict[int, Path]:
         on_disk = [int(p.name) for p in model_dir.iterdir()
-                   if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+                   if p.is_dir() and _VERSION.match(p.name)] if model_dir.is_dir() else []
         if not on_disk:
             raise ModelLoadError(f"{model_dir}: no version directories (expected e.g. "
                                  f"{model_dir}/1/{filename})")
@@ -276,7 +280,7 @@ class ModelRepository:
             raise Unavailable(f"model '{name}' is not ready ({entry.state.value}){detail}")
         if not version:
             return entry.versions[max(entry.versions)]
-        if not version.isdigit():
+        if not _VERSION.match(version):
             raise InvalidArgument(f"model version must be a positive integer, got {version!r}")
         found = entry.versions.get(int(version))
         if found is None:

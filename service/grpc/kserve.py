@@ -16,7 +16,8 @@ from service.core.inference import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Infe
 from service.core.repository import LoadOverride, ModelState, ModelVersion, validate_model_name
 from service.core.tensors import full_shape
 from service.core.triton_config import to_triton
-from service.errors import InvalidArgument, NotFound, ServiceError
+from service.settings import MESSAGE_ENVELOPE_BYTES
+from service.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError
 from service.grpc.kserve_codec import decode_inputs, encode_outputs
 
 
@@ -42,8 +43,9 @@ def task_parameters(config: ModelConfig) -> dict[str, object]:
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore, max_load_bytes: int):
+    def __init__(self, core: InferenceCore, max_message_bytes: int, max_load_bytes: int):
         self._core = core
+        self._max_message_bytes = max_message_bytes
         self._max_load_bytes = max_load_bytes
 
     async def ServerLive(self, request, context):
@@ -97,6 +99,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             [output.name for output in request.outputs],
             deadline,
         )
+        size = sum(array.nbytes for array in result.outputs.values())
+        if size + MESSAGE_ENVELOPE_BYTES > self._max_message_bytes:
+            raise ResourceExhausted(
+                f"the response needs {size} bytes of outputs, more than the "
+                f"{self._max_message_bytes}-byte message limit; send fewer items per request "
+                "or request fewer outputs"
+            )
         response = pb.ModelInferResponse(
             model_name=result.model.name, model_version=result.model.version_label, id=request.id
         )

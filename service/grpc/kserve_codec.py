@@ -45,8 +45,10 @@ def decode_inputs(request: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray],
             raise InvalidArgument(f"input '{name}' appears more than once in inputs")
         dtype = numpy_dtype(tensor.datatype, f"input '{name}'")
         shape = list(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidArgument(f"input '{name}': shape dims must be >= 0, got {shape}")
+        if any(d < 1 for d in shape):
+            # Empty tensors are refused too: no model here takes one, and a zero dim beside a
+            # huge one would otherwise pass the byte-count check.
+            raise InvalidArgument(f"input '{name}': shape dims must be >= 1, got {shape}")
         count = math.prod(shape)
         if raw:
             arrays[name] = _from_raw(name, index, tensor, raw[index], dtype, shape, count)

@@ -16,12 +16,11 @@ from service._proto import task_service_pb2_grpc as pb_grpc
 from service.core.inference import InferenceCore
 from service.core.repository import ModelVersion
 from service.core.tensors import full_shape
+from service.settings import MESSAGE_ENVELOPE_BYTES
 from service.errors import InvalidArgument, ResourceExhausted
 from service.tasks import images as img
 from service.tasks.core import TaskCore
 
-# Room for the protobuf envelope around an image's bytes.
-_ENVELOPE_BYTES = 64 * 1024
 # Streamed chunks stay around this size (and well under the message limit).
 _CHUNK_BYTES = 1 << 20
 
@@ -118,7 +117,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     async def SuperResolveStream(self, request, context):
         _, plan = self._plan(request, context)
         row_bytes = plan.width * plan.channels
-        chunk_bytes = min(_CHUNK_BYTES, (self._max_message_bytes - _ENVELOPE_BYTES) // 2)
+        chunk_bytes = min(_CHUNK_BYTES, (self._max_message_bytes - MESSAGE_ENVELOPE_BYTES) // 2)
         rows_per_chunk = max(1, chunk_bytes // row_bytes)
         async for strip in plan.strips:
             for offset in range(0, strip.pixels.shape[0], rows_per_chunk):
@@ -137,7 +136,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
                                         _deadline(context))
 
     def _check_fits(self, size: int) -> None:
-        if size + _ENVELOPE_BYTES > self._max_message_bytes:
+        if size + MESSAGE_ENVELOPE_BYTES > self._max_message_bytes:
             raise ResourceExhausted(
                 f"the upscaled image needs {size} bytes, more than the {self._max_message_bytes}"
                 "-byte message limit; use SuperResolveStream"

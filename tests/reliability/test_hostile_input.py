@@ -1,9 +1,8 @@
 """Hostile input, property-based: whatever a client sends over either API, the answer is OK or a
 client-error status (never UNKNOWN or INTERNAL), and the server still answers a health check.
 
-`make test` runs a few hundred cases; HYPOTHESIS_PROFILE=soak runs thousands. Inputs that hit a
-known, reported server bug are pinned by the strict-xfail tests at the end and kept out of the
-properties by `known_bug_*` (delete those exclusions when the bugs are fixed).
+`make test` runs a few hundred cases; HYPOTHESIS_PROFILE=soak runs thousands. The cases at the end
+pin two bugs these properties found (fixed in the server).
 """
 
 from __future__ import annotations
@@ -251,36 +250,9 @@ def tensor_requests(draw) -> service_pb2.ModelInferRequest:
     return request
 
 
-def known_bug_zero_size_reshape(request: service_pb2.ModelInferRequest) -> bool:
-    """Bug 1: a zero-element tensor whose other dims are huge crashes numpy's reshape
-    (ValueError -> INTERNAL) instead of INVALID_ARGUMENT."""
-    for index, tensor in enumerate(request.inputs):
-        shape = list(tensor.shape)
-        if any(d < 0 for d in shape) or math.prod(shape) != 0:
-            continue
-        try:
-            np.empty(0, np.float64).reshape(shape)
-        except ValueError:
-            return True
-    return False
-
-
-def known_bug_version(version: str) -> bool:
-    """Bug 2: a version of Unicode digits ('²', '١') passes str.isdigit() but not int()."""
-    if not version.isdigit():
-        return False
-    try:
-        int(version)
-    except ValueError:
-        return True
-    return False
-
-
 @given(request=tensor_requests())
 @example(request=service_pb2.ModelInferRequest(model_name="affine")).via("no inputs at all")
 def test_hostile_tensor_requests_get_client_errors_only(channel, kserve, request):
-    assume(not known_bug_zero_size_reshape(request))
-    assume(not known_bug_version(request.model_version))
     note(str(request)[:2000])
     code, details = call_code(kserve.ModelInfer, request)
     check(channel, code, details)
@@ -299,7 +271,6 @@ NAMES = st.one_of(
 @settings(max_examples=1500 if os.environ.get("HYPOTHESIS_PROFILE") == "soak" else 60)
 def test_hostile_model_names_and_versions_get_client_errors_only(
         channel, kserve, tasks, name, version, rpc):
-    assume(not known_bug_version(version))
     assume(name not in SIGNATURES and name not in TASK_MODELS or rpc not in ("load", "unload"))
     calls = {
         "metadata": (kserve.ModelMetadata,
@@ -430,7 +401,7 @@ def task_requests(draw):
     rpc = draw(st.sampled_from(sorted(RPC_MODELS)))
     model = draw(ANY_MODEL) if bad() else draw(st.sampled_from(RPC_MODELS[rpc]))
     common = {"model": model,
-              "version": draw(VERSIONS.filter(lambda v: not known_bug_version(v))) if bad() else ""}
+              "version": draw(VERSIONS) if bad() else ""}
     image = (lambda: draw(IMAGES)) if bad() else (lambda: draw(valid_images()))
 
     def images():
@@ -497,12 +468,9 @@ def test_hostile_task_requests_get_client_errors_only(channel, tasks, case):
     check(channel, code, details)
 
 
-# -- known bugs, pinned --------------------------------------------------------------------------
+# -- bugs the properties found, pinned -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a zero-element tensor with a huge dim ([2**62, 0]) makes numpy's reshape "
-    "raise ValueError in kserve_codec, answered INTERNAL instead of INVALID_ARGUMENT"))
 @pytest.mark.parametrize("contents", ["raw", "typed"])
 def test_zero_element_tensor_with_huge_dim_is_invalid_argument(channel, kserve, contents):
     request = service_pb2.ModelInferRequest(model_name="affine")
@@ -516,9 +484,6 @@ def test_zero_element_tensor_with_huge_dim_is_invalid_argument(channel, kserve, 
     assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{code.name}: {details}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: ModelRepository.get checks versions with str.isdigit(), which accepts Unicode "
-    "digits such as '²' that int() refuses: ValueError, answered INTERNAL"))
 @pytest.mark.parametrize("rpc", ["ModelInfer", "ModelMetadata", "ModelReady", "ModelStatistics",
                                  "DescribeModel"])
 def test_unicode_digit_version_is_a_client_error(channel, kserve, tasks, rpc):

@@ -235,7 +235,7 @@ def test_raw_length_and_count_mismatches(stub):
     negative.inputs.add(name="x", datatype="FP32", shape=[-1, 4])
     error = rpc_error(lambda: stub.ModelInfer(negative))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "shape dims must be >= 0, got [-1, 4]" in error.details()
+    assert "shape dims must be >= 1, got [-1, 4]" in error.details()
 
     bytes_input = service_pb2.ModelInferRequest(model_name="affine")
     bytes_input.inputs.add(name="x", datatype="BYTES", shape=[1, 4])
