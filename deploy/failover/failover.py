@@ -53,9 +53,11 @@ ROOT = Path(__file__).resolve().parents[2]
 KSERVE_SERVICE = "inference.GRPCInferenceService"
 
 # The retry policy to copy (deploy/k8s/README.md explains each field). Inference is idempotent,
-# so a call that met a draining replica (UNAVAILABLE, "server is shutting down") or a dead
-# connection (UNAVAILABLE) is sent again, to another replica since round_robin moves on, with
-# jittered exponential backoff, at most 5 attempts in all, and never past the call's deadline.
+# so a call that met a draining replica (UNAVAILABLE, "server is shutting down"), a dead
+# connection (UNAVAILABLE) or a stream the server cancelled as it shut down (CANCELLED; a call
+# the client itself cancels is never retried) is sent again, to another replica since
+# round_robin moves on, with jittered exponential backoff, at most 5 attempts in all, and never
+# past the call's deadline.
 # healthCheckConfig makes the channel watch grpc.health.v1 on every replica and stop picking one
 # the moment it reports NOT_SERVING (first thing the server does on SIGTERM).
 CLIENT_SERVICE_CONFIG = {

@@ -50,9 +50,9 @@ def test_replicas_fail_over_without_losing_a_request(tmp_path):
     assert report.back_in_rotation == {"client": True, "proxy": True}, report.served_after
     # Through the proxy, failures come only from the two events, from calls nginx cannot resend:
     # a draining replica's UNAVAILABLE, a call the crash cut after nginx passed it on (502, seen
-    # as UNAVAILABLE), or a call whose answer the draining server was still writing when its
-    # final stop(0) closed the connection (nginx resets the client's stream: CANCELLED or
-    # INTERNAL; a direct client sees UNAVAILABLE and retries).
+    # as UNAVAILABLE), or a call that raced the draining server's GOAWAY, which gRPC cancels
+    # (CANCELLED, or INTERNAL when nginx resets the client's stream for it; a direct client
+    # retries these).
     for outcome in report.failures("proxy"):
         assert outcome.phase in ("sigterm", "sigkill"), outcome
         assert outcome.code in ("UNAVAILABLE", "CANCELLED", "INTERNAL"), outcome
