@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
 
     steps: list[Step] = []
     ceilings: dict[str, dict] = {}
+    load_before = os.getloadavg()
     try:
         for model in present:
             signature = signature_from_config(args.repository / model)
@@ -327,6 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if server is not None:
             server.stop()
+    load_after = os.getloadavg()
+    notes.append(
+        f"host load average (1, 5, 15 min) {', '.join(f'{v:.1f}' for v in load_before)} at the "
+        f"start, {', '.join(f'{v:.1f}' for v in load_after)} at the end, on {os.cpu_count()} "
+        "CPU(s): above the CPU count, other processes shared the pinned cores and wall-clock "
+        "figures (the ceiling's too) move between steps; the per CPU-s ratio moves much less")
     (out / "steps.json").write_text(json.dumps([asdict(s) for s in steps], indent=1))
     (out / "ceiling.json").write_text(json.dumps(ceilings, indent=1))
     plot(out, steps, ceilings)
