@@ -76,13 +76,14 @@ class InferenceServer:
             interceptors.append(AuthInterceptor(self.keys, settings.public_health))
 
         limit = settings.max_message_bytes
-        self.grpc_server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ],
-        )
+        options = [("grpc.max_receive_message_length", limit),
+                   ("grpc.max_send_message_length", limit)]
+        if settings.max_connection_age_s:
+            age_ms = int(settings.max_connection_age_s * 1000)
+            # GOAWAY after the age; calls still running get the drain grace to finish.
+            options += [("grpc.max_connection_age_ms", age_ms),
+                        ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000))]
+        self.grpc_server = grpc.aio.server(interceptors=interceptors, options=options)
         kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.core, limit, settings.max_load_file_bytes), self.grpc_server
         )

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         "--graph-optimization": ("graph_optimization", "disable, basic, extended or all"),
         "--max-message-bytes": ("max_message_bytes", "largest gRPC message"),
         "--max-load-file-bytes": ("max_load_file_bytes", "model files per load request, bytes"),
+        "--max-connection-age": ("max_connection_age_s", "close client connections after s"),
         "--shutdown-grace": ("shutdown_grace_s", "seconds in-flight calls get on SIGTERM"),
         "--max-image-pixels": ("max_image_pixels", "task API: largest image, width x height"),
         "--max-images-per-request": ("max_images_per_request", "task API: images per request"),

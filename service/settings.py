@@ -41,6 +41,9 @@ class ServerSettings(BaseSettings):
     """Largest gRPC message accepted or sent."""
     max_load_file_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     """Largest total of model files a load request may carry (tritonclient load_model files)."""
+    max_connection_age_s: float = Field(default=0.0, ge=0)
+    """Close client connections after this long (0: never), so that clients balancing over DNS
+    (a headless Service) reconnect and find replicas added by a scale-out."""
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long in-flight calls may take to finish before the process exits."""
     startup_models: list[str] | None = None

@@ -209,3 +209,19 @@ def test_invalid_setting_is_reported_by_name():
     )
     assert result.returncode == 2
     assert "setting 'grpc_port'" in result.stderr and "'not-a-port'" in result.stderr
+
+
+def test_max_connection_age_closes_connections_and_clients_carry_on(tmp_path, server_factory):
+    write_model(tmp_path, "affine", affine_graph(1.0, 0.0), affine_config())
+    server = server_factory(tmp_path, "--max-connection-age", "0.3")
+    states: list[grpc.ChannelConnectivity] = []
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        channel.subscribe(states.append, try_to_connect=True)
+        stub = health_pb2_grpc.HealthStub(channel)
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        # The server ends the connection by age: the channel goes READY -> IDLE ...
+        wait_for(lambda: grpc.ChannelConnectivity.IDLE in states[states.index(
+            grpc.ChannelConnectivity.READY):], what="the connection closed by age")
+        # ... and the next call simply reconnects.
+        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
