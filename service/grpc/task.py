@@ -149,10 +149,6 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
                                  latents=[pb.LatentVector(values=v.tolist()) for v in latents])
 
     async def Decode(self, request, context):
-        if len(request.latents) > self._tasks.limits.max_images:
-            raise InvalidArgument(
-                f"latents: expected 1..{self._tasks.limits.max_images} items, "
-                f"got {len(request.latents)}")
         model, pictures = await self._tasks.decode(
             request.model, request.version, self._vectors(request.latents), _deadline(context))
         return pb.DecodeResponse(model=model.name, version=model.version_label,
