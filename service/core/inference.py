@@ -69,6 +69,7 @@ class InferenceCore:
         self.readiness_listeners: list[Callable[[str, bool], Awaitable[None]]] = []
         self.started = False
         self.draining = False
+        self._inflight: dict[str, object] = {}  # gauge children by model: off the hot path
 
     def server_ready(self) -> bool:
         """Ready when started, not draining, and every model asked for at start is ready."""
@@ -100,7 +101,9 @@ class InferenceCore:
         inputs = dict(inputs)
         to_graph_shapes(model.config, inputs, batch_size)
         started = time.perf_counter()
-        inflight = self.metrics.inflight.labels(name)
+        inflight = self._inflight.get(name)
+        if inflight is None:
+            inflight = self._inflight[name] = self.metrics.inflight.labels(name)
         inflight.inc()
         try:
             outputs = await model.scheduler.infer(inputs, batch_size, deadline)

@@ -32,6 +32,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self.active_calls = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Per-call costs kept off the hot path: wrapped handlers per method, metric children per
+        # label set (label values are bounded: model and version are set only for real models).
+        self._wrapped: dict[str, tuple[object, object]] = {}
+        self._counters: dict[tuple, object] = {}
+        self._latencies: dict[tuple, object] = {}
 
     async def wait_idle(self) -> None:
         """Return once no counted call is in flight."""
@@ -42,7 +47,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(_PASS_THROUGH):
             return handler
-        rpc = method.rsplit("/", 1)[-1]
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method.rsplit("/", 1)[-1], handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, rpc: str, handler):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(rpc, handler.unary_unary),
@@ -109,10 +121,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _end(self, rpc: str, info: CallInfo) -> None:
         current_call.reset(info.token)
-        self._metrics.requests.labels(info.model, info.version, rpc, info.code.name).inc()
-        self._metrics.request_latency.labels(info.model, info.version, rpc).observe(
-            time.perf_counter() - info.started
-        )
+        key = (info.model, info.version, rpc)
+        counter = self._counters.get(key + (info.code,))
+        if counter is None:
+            counter = self._counters[key + (info.code,)] = self._metrics.requests.labels(
+                *key, info.code.name)
+        latency = self._latencies.get(key)
+        if latency is None:
+            latency = self._latencies[key] = self._metrics.request_latency.labels(*key)
+        counter.inc()
+        latency.observe(time.perf_counter() - info.started)
         self.active_calls -= 1
         if self.active_calls == 0:
             self._idle.set()
