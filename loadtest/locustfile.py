@@ -4,7 +4,8 @@
         --model fashion_mlp --batch-size 8 --payload real --deadline-ms 1000
 
 Every option has an environment variable (LOADTEST_MODEL, LOADTEST_BATCH_SIZE, LOADTEST_PAYLOAD,
-LOADTEST_DEADLINE_MS, LOADTEST_IMAGE_SIZE), and the master passes them to its workers.
+LOADTEST_DEADLINE_MS, LOADTEST_MAX_REQUESTS, LOADTEST_IMAGE_SIZE), and the master passes them to
+its workers.
 Users are closed-loop (no think time): the load is set by the number of users.
 """
 
@@ -14,9 +15,11 @@ import time
 
 # grpcio blocks the whole process in its C core unless told to cooperate with gevent, which
 # Locust runs on: this must happen before any channel exists.
+import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, task
+from locust.exception import StopUser
 from tritonclient.grpc import service_pb2
 
 grpc_gevent.init_gevent()
@@ -31,13 +34,19 @@ except ImportError:
 
 @events.init_command_line_parser.add_listener
 def _options(parser):
-    parser.add_argument("--model", env_var="LOADTEST_MODEL", default="fashion_mlp", help="model to call")
-    parser.add_argument("--batch-size", env_var="LOADTEST_BATCH_SIZE", type=int, default=1, help="items per request")
+    parser.add_argument("--model", env_var="LOADTEST_MODEL", default="fashion_mlp",
+                        help="model to call")
+    parser.add_argument("--batch-size", env_var="LOADTEST_BATCH_SIZE", type=int, default=1,
+                        help="items per request")
     parser.add_argument("--payload", env_var="LOADTEST_PAYLOAD", choices=["real", "generated"],
-                       default="real", help="real Fashion-MNIST images (when the input is one) or random data")
+                        default="real",
+                        help="real Fashion-MNIST images (when the input is one) or random data")
     parser.add_argument("--deadline-ms", env_var="LOADTEST_DEADLINE_MS", type=float,
-                       default=1000.0, help="gRPC deadline per call")
-    parser.add_argument("--image-size", env_var="LOADTEST_IMAGE_SIZE", type=int, default=256, help="size of variable image dims (super-resolution)")
+                        default=1000.0, help="gRPC deadline per call")
+    parser.add_argument("--max-requests", env_var="LOADTEST_MAX_REQUESTS", type=int, default=0,
+                        help="stop after this many ModelInfer calls per load process (0: no limit)")
+    parser.add_argument("--image-size", env_var="LOADTEST_IMAGE_SIZE", type=int, default=256,
+                        help="size of variable image dims (super-resolution)")
 
 
 def _target(host: str) -> str:
@@ -97,6 +106,14 @@ class ModelInferUser(GrpcUser):
         # Bytes in, bytes out: no protobuf work per call on the load generator.
         self.infer = self.channel.unary_unary(MODEL_INFER)
 
+    sent = 0  # per load process, for --max-requests
+
     @task
     def model_infer(self):
+        limit = self.environment.parsed_options.max_requests
+        if limit and ModelInferUser.sent >= limit:
+            # Outside this greenlet: quit() stops every user, this one included.
+            gevent.spawn(self.environment.runner.quit)
+            raise StopUser()
+        ModelInferUser.sent += 1
         self.call(self.name, self.infer, self.payload, self.timeout)

@@ -38,18 +38,20 @@ def test_locust_user_sends_model_infer_over_grpc(server, tmp_path):
     prefix = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
-         "-u", "2", "-r", "2", "--run-time", "1s", "--host", f"grpc://{server.grpc_address}",
+         "-u", "2", "-r", "2", "--max-requests", "20", "--run-time", "50s",
+         "--host", f"grpc://{server.grpc_address}",
          "--model", "affine", "--batch-size", "4", "--payload", "generated",
-         "--deadline-ms", "5000", "--json-file", str(prefix), "--only-summary", "--loglevel", "WARNING"],
+         "--deadline-ms", "5000", "--json-file", str(prefix), "--only-summary",
+         "--loglevel", "WARNING"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # Locust's CSV writer runs every few seconds and can miss a 1 s run; its JSON is final.
+    # Locust's CSV writer runs every few seconds and can miss a short run; its JSON is final.
     stats = {entry["name"]: entry for entry in json.loads(Path(f"{prefix}.json").read_text())}
     entry = stats["ModelInfer affine b4 generated"]
     assert entry["method"] == "grpc"
     calls = entry["num_requests"]
-    assert calls > 0 and entry["num_failures"] == 0 and entry["total_content_length"] > 0
+    assert calls == 20 and entry["num_failures"] == 0 and entry["total_content_length"] > 0
     text = server.metrics_text()
     assert metric_value(text, "inference_requests_total", model="affine", rpc="ModelInfer",
                         code="OK") >= calls
