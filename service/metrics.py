@@ -58,6 +58,10 @@ class Metrics:
             f"{PREFIX}_queue_depth", "Requests waiting in the batching queue.",
             ["model", "version"], registry=r,
         )
+        self.queue_capacity = Gauge(
+            f"{PREFIX}_queue_capacity", "The queue's bound (max_queue_size) per model version.",
+            ["model", "version"], registry=r,
+        )
         self.dropped = Counter(
             f"{PREFIX}_requests_dropped",
             "Queued requests removed before compute, by reason (deadline, cancelled).",
@@ -77,6 +81,7 @@ class Metrics:
         """Drop a version's gauges once it is unloaded, so dashboards do not show ghosts."""
         for gauge, labels in (
             (self.queue_depth, (model, version)),
+            (self.queue_capacity, (model, version)),
             (self.model_ready, (model, version)),
             (self.execution_provider, (model, version, provider)),
         ):
@@ -84,6 +89,13 @@ class Metrics:
                 gauge.remove(*labels)
             except KeyError:
                 pass
+
+    def forget_failed_load(self, model: str) -> None:
+        """Drop the version-less 'not ready' series a failed load left, once the model loads."""
+        try:
+            self.model_ready.remove(model, "")
+        except KeyError:
+            pass
 
     def serve_http(
         self, host: str, port: int, authorize: Callable[[str], bool] | None = None

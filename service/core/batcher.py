@@ -84,6 +84,7 @@ class BatchScheduler:
             for i in range(config.instance_count)
         ]
         self._queue_depth = metrics.queue_depth.labels(model, version)
+        metrics.queue_capacity.labels(model, version).set(self._max_queue)
         self._queue_latency = metrics.queue_latency.labels(model, version)
         self._compute_latency = metrics.compute_latency.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)

@@ -161,6 +161,8 @@ class ModelRepository:
                 log.error("model load failed: %s", exc.message)
                 if not entry.versions:
                     entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
+                    # No version serves it: say so (version "") so the not-ready alert fires.
+                    self._metrics.model_ready.labels(name, "").set(0)
                 for version in new_versions.values():
                     await self._retire(version)
                 if override is not None:
@@ -169,6 +171,7 @@ class ModelRepository:
             old = entry.versions
             entry.config, entry.versions = config, new_versions
             entry.state, entry.reason = ModelState.READY, ""
+            self._metrics.forget_failed_load(name)
             for version in new_versions.values():
                 self._metrics.model_ready.labels(name, version.version_label).set(1)
                 self._metrics.execution_provider.labels(

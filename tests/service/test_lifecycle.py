@@ -140,6 +140,10 @@ def test_broken_models_fail_alone_with_clear_errors(tmp_path, server_factory):
         assert f"{badconfig}/config.yaml: field 'max_batch_size'" in reasons["badconfig"][1]
         assert "field 'inputs': List should have at least 1 item" in reasons["badconfig"][1]
         assert "config field 'inputs.0': shape [5]" in reasons["mismatch"][1]
+        text = server.metrics_text()
+        assert metric_value(text, "inference_model_ready", model="corrupt", version="") == 0
+        assert 'inference_model_ready{model="corrupt",version=""} 0.0' in text
+        assert metric_value(text, "inference_queue_capacity", model="affine", version="1") == 256
         with pytest.raises(InferenceServerException) as info:
             client.get_model_metadata("corrupt")
         assert info.value.status() == "StatusCode.UNAVAILABLE"
