@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--conditional", action="store_true", help="class-conditional generator (cdcgan)"
     )
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--latent", type=int, default=64)
