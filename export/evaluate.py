@@ -454,6 +454,8 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
         ]
     if pictures:
         lines += ["", "## Pictures", ""]
+        if m.config.task.kind is TaskKind.CONDITIONAL_GENERATOR:
+            lines += ["`samples.png`: one row per class, in label order.", ""]
         if m.config.task.kind is TaskKind.SUPER_RESOLUTION:
             lines += [
                 "`sr_crops.png`: bicubic | this model | ground truth (Set14 comic, centre crop, 2x zoom).",

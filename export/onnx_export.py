@@ -51,7 +51,11 @@ class TensorIO:
 
 
 def batching(max_batch_size: int) -> DynamicBatching:
-    preferred = [b for b in (4, 16, 64) if b <= max_batch_size] if max_batch_size < 64 else [16, 64]
+    # Small-batch models (super-resolution: 8) wait for half or a full batch; the rest for 16/64.
+    if max_batch_size >= 64:
+        preferred = [16, 64]
+    else:
+        preferred = sorted({max(max_batch_size // 2, 1), max_batch_size})
     return DynamicBatching(enabled=True, max_queue_delay_us=500, preferred_batch_sizes=preferred)
 
 
