@@ -249,6 +249,10 @@ def eval_generator(m: Bundled, ctx: Context) -> None:
         m.metrics["frechet_distance_cnn"] = frechet_distance(feats, ctx.test_features())
         if requested is not None:
             m.metrics["class_consistency"] = class_consistency(probs, requested)
+            m.metrics["class_consistency_worst_class"] = min(
+                class_consistency(probs[requested == c], requested[requested == c])
+                for c in range(t.num_classes)
+            )
     if requested is not None:
         per = n // t.num_classes
         grid = np.concatenate([pixels[c * per : c * per + 10] for c in range(t.num_classes)])
