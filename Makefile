@@ -8,7 +8,7 @@ PROTO_OUT := service/_proto
 PROTOS  := $(wildcard protos/*.proto)
 STUBS   := $(patsubst protos/%.proto,$(PROTO_OUT)/%_pb2.py,$(PROTOS))
 
-.PHONY: serve test proto install install-dev apt-deps clean
+.PHONY: serve test proto install install-dev apt-deps clean export eval
 
 serve: install proto
 	$(PY) -m service serve --models $(MODELS)
@@ -48,6 +48,14 @@ $(APT_STAMP): | $(VENV)/bin/python
 	dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	touch $@
+
+# Re-export every trained family from its checkpoint (training/runs/), then evaluate every bundled
+# model through ONNX Runtime (models/EVAL.md). Training commands: training/README.md.
+export: install-dev proto apt-deps
+	$(PY) -m export all && $(PY) -m export.quantize fashion_cnn
+
+eval: install-dev proto apt-deps
+	$(PY) -m export.evaluate
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py* .pytest_cache

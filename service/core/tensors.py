@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service.core.config import NUMPY_DTYPES, ModelConfig, TensorSpec
+from service.core.config import NUMPY_DTYPES, ModelConfig, TaskKind, TensorSpec
 from service.errors import InvalidArgument
 
 
@@ -77,7 +77,26 @@ def check_inputs(
             f"model '{model}': batch size must be <= max_batch_size {config.max_batch_size}, "
             f"got {batch_size}"
         )
+    _check_class_labels(config, inputs)
     return batch_size
+
+
+def _check_class_labels(config: ModelConfig, inputs: Mapping[str, np.ndarray]) -> None:
+    """A conditional generator's integer inputs are class labels: out of range they would make
+    the graph index past its embedding table, a client's mistake that must not become INTERNAL."""
+    if config.task.kind is not TaskKind.CONDITIONAL_GENERATOR:
+        return
+    classes = config.task.num_classes
+    for spec in config.inputs:
+        array = inputs.get(spec.name)
+        if array is None or array.dtype.kind not in "iu" or not array.size:
+            continue
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= classes:
+            raise InvalidArgument(
+                f"input '{spec.name}': class labels must lie in 0..{classes - 1}, "
+                f"got range [{low}, {high}]"
+            )
 
 
 def check_requested_outputs(config: ModelConfig, model: str, requested: list[str]) -> list[str]:

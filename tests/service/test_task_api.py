@@ -200,6 +200,21 @@ def test_conditional_generation_and_class_label_rules(client):
            grpc.StatusCode.INVALID_ARGUMENT, "class_label: model 'gen' is not conditional")
 
 
+def test_tensor_api_checks_class_labels_of_conditional_generators(server):
+    with triton.InferenceServerClient(server.grpc_address) as tc:
+        latent = triton.InferInput("latent", [2, 4], "FP32")
+        latent.set_data_from_numpy(np.zeros((2, 4), np.float32))
+        label = triton.InferInput("class_label", [2, 1], "INT64")
+        label.set_data_from_numpy(np.array([[1], [3]], np.int64))
+        with pytest.raises(triton.InferenceServerException) as info:
+            tc.infer("cgen", [latent, label])
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "input 'class_label': class labels must lie in 0..2, got range [1, 3]" in \
+            info.value.message()
+        label.set_data_from_numpy(np.array([[1], [2]], np.int64))
+        assert tc.infer("cgen", [latent, label]).as_numpy("images").shape == (2, 1, 8, 8)
+
+
 def test_generate_limits(client):
     expect(lambda: client.generate("gen", count=21),
            grpc.StatusCode.INVALID_ARGUMENT, "count: expected 1..20 items, got 21")
