@@ -291,7 +291,9 @@ def test_model_failing_warm_up_is_not_marked_ready(tmp_path, server_factory):
         assert health_status(channel, "warmfail") == health_pb2.HealthCheckResponse.NOT_SERVING
         assert health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
         text = server.metrics_text()
-        assert 'inference_model_ready{model="warmfail"' not in text
+        # Never ready: no version series, only the version-less 'not ready' one the alert uses.
+        assert 'inference_model_ready{model="warmfail",version=""} 0.0' in text
+        assert 'inference_model_ready{model="warmfail",version="1"}' not in text
         assert metric_value(text, "inference_model_ready", model="affine", version="1") == 1
 
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
