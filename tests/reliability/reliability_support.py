@@ -84,6 +84,14 @@ def health_status(channel: grpc.Channel, service: str = "") -> int:
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
 
 
+def draining(channel: grpc.Channel) -> bool:
+    """After SIGTERM: health says NOT_SERVING, and moments later gRPC refuses new calls."""
+    try:
+        return health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def assert_healthy(channel: grpc.Channel) -> None:
     """The server answers a health check and still serves (SERVING)."""
     assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING

@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
-from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2_grpc
 
 from servers import metric_value, wait_for
@@ -20,7 +19,7 @@ from onnx_builders import (
     affine_config, affine_graph, save_graph, slow_config, slow_graph, write_model,
 )
 from reliability_support import (
-    ClosedLoop, QueueWatch, code_of, fp32_request, health_status, output, slow_request,
+    ClosedLoop, QueueWatch, code_of, draining, fp32_request, output, slow_request,
 )
 
 RETRY_POLICY = Path(__file__).with_name("retry_policy.json")
@@ -93,8 +92,7 @@ def test_sigterm_under_steady_load_loses_no_admitted_call(tmp_path, server_facto
                                       model="long") == 1, what="long call in flight")
         outcomes.signalled.set()
         server.process.send_signal(15)
-        wait_for(lambda: health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
-                 what="readiness flipped")
+        wait_for(lambda: draining(channel), what="readiness flipped")
         assert code_of(long_call) == OK
         np.testing.assert_array_equal(output(long_call.result()), x)
     for thread in threads:
