@@ -247,7 +247,6 @@ class BatchScheduler:
                 if not entry.future.done():
                     entry.future.set_exception(error)
             return
-        t2 = time.perf_counter()
 
         offset = 0
         for entry in live:
