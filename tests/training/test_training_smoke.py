@@ -134,10 +134,14 @@ def test_espcn(scale, tmp_path, models_dir, sr_images):
     assert config.max_batch_size == 8
 
 
-def test_eval_over_smoke_models(models_dir, sr_images, fashion_available):
+def test_eval_over_smoke_models(models_dir, sr_images, tmp_path, fashion_available):
     """The eval command runs end to end over whatever the smoke tests exported."""
     if not (models_dir / "fashion_cnn").exists():
-        pytest.skip("needs the classifier smoke test's model")
+        # Run alone: make the CNN the eval needs (its features drive the generator metrics).
+        from training.classifier import train
+
+        ckpt = train.main(["--arch", "cnn", "--run-dir", str(tmp_path), *FASHION_ARGS])
+        families.export_classifier(ckpt, models_dir)
     evaluate.main(
         [
             "--models-dir",
