@@ -9,7 +9,6 @@ import struct
 
 import grpc
 import numpy as np
-import pytest
 from grpc_health.v1 import health_pb2
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
