@@ -12,8 +12,6 @@ from PIL import Image
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service._proto import grpc_service_pb2 as kserve_pb2
-from service._proto import grpc_service_pb2_grpc as kserve_grpc
 from service._proto import task_service_pb2 as task_pb2
 from service._proto import task_service_pb2_grpc as task_grpc
 from service.core.inference import InferenceCore
@@ -22,7 +20,8 @@ from service.core.runtime import RuntimeOptions, choose_provider
 from service.errors import ServiceError
 from service.grpc.auth import ApiKeys, AuthInterceptor
 from service.grpc.interceptor import ServiceInterceptor
-from service.grpc.kserve import KServeServicer
+from service.grpc.kserve import SERVICE as KSERVE, KServeServicer
+from service.grpc.kserve import add_to_server as add_kserve_to_server
 from service.grpc.task import TaskServicer
 from service.metrics import Metrics
 from service.settings import ServerSettings
@@ -31,7 +30,7 @@ from service.tasks.images import ImageLimits
 
 log = logging.getLogger(__name__)
 
-KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+KSERVE_SERVICE = KSERVE.full_name
 TASK_SERVICE = task_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -84,7 +83,7 @@ class InferenceServer:
             options += [("grpc.max_connection_age_ms", age_ms),
                         ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000))]
         self.grpc_server = grpc.aio.server(interceptors=interceptors, options=options)
-        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
+        add_kserve_to_server(
             KServeServicer(self.core, limit, settings.max_load_file_bytes), self.grpc_server
         )
         task_grpc.add_TaskServiceServicer_to_server(

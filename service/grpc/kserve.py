@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 
+import grpc
+
 from service._proto import grpc_service_pb2 as pb
 from service._proto import grpc_service_pb2_grpc as pb_grpc
 from service.core.config import ModelConfig
@@ -18,7 +20,32 @@ from service.core.tensors import full_shape
 from service.core.triton_config import to_triton
 from service.settings import MESSAGE_ENVELOPE_BYTES
 from service.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError
-from service.grpc.kserve_codec import decode_inputs, encode_outputs
+from service.grpc.kserve_codec import (
+    decode_inputs, infer_response_bytes, output_tensors, split_infer_request,
+)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+_BYTES_IN_AND_OUT = {"ModelInfer"}
+
+
+def add_to_server(servicer: "KServeServicer", server) -> None:
+    """Register the service as the generated `add_..._to_server` does, except that ModelInfer gets
+    the request's wire bytes and returns the response's: its codec avoids protobuf's copies of the
+    tensor bytes."""
+    handlers = {}
+    for method in SERVICE.methods:
+        behaviour = getattr(servicer, method.name)
+        if method.name in _BYTES_IN_AND_OUT:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=getattr(pb, method.input_type.name).FromString,
+                response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
 def _param(value) -> pb.InferParameter:
@@ -87,8 +114,10 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.parameters[key].CopyFrom(_param(value))
         return response
 
-    async def ModelInfer(self, request, context):
-        arrays, declared = decode_inputs(request)
+    async def ModelInfer(self, request_bytes: bytes, context) -> bytes:
+        """Wire bytes in and out (see `add_to_server` and kserve_codec)."""
+        request, raw = split_infer_request(request_bytes)
+        arrays, declared = decode_inputs(request, raw)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         result = await self._core.infer(
@@ -106,12 +135,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 f"{self._max_message_bytes}-byte message limit; send fewer items per request "
                 "or request fewer outputs"
             )
-        response = pb.ModelInferResponse(
+        head = pb.ModelInferResponse(
             model_name=result.model.name, model_version=result.model.version_label, id=request.id
         )
         datatypes = {spec.name: spec.datatype for spec in result.model.config.outputs}
-        encode_outputs(response, result.outputs, datatypes)
-        return response
+        output_tensors(head, result.outputs, datatypes)
+        return infer_response_bytes(head, result.outputs.values())
 
     async def ModelStatistics(self, request, context):
         if request.name:

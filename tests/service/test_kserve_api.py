@@ -244,6 +244,44 @@ def test_raw_length_and_count_mismatches(stub):
     assert "datatype 'BYTES' is not supported" in error.details()
 
 
+def test_model_infer_wire_format_in_any_field_order(server, stub):
+    """The server cuts raw_input_contents out of the wire bytes itself and writes its responses
+    by hand: fields in any order, unknown fields and two raw tensors must work as with protobuf,
+    and malformed bytes must be refused by name."""
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 5, dtype=np.int32)
+    head = service_pb2.ModelInferRequest(model_name="simple", id="wire")
+    for name in ("INPUT0", "INPUT1"):
+        head.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+    raws = [service_pb2.ModelInferRequest(raw_input_contents=[x.tobytes()]).SerializeToString()
+            for x in (a, b)]
+    unknown_field = b"\xa0\x06\x2a"  # field 100, varint 42: skipped, as protobuf does
+    # Raw contents before, between and after the other fields: all valid protobuf encodings.
+    body = head.SerializeToString()
+    for wire in (raws[0] + raws[1] + body, raws[0] + body + unknown_field + raws[1]):
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            response = service_pb2.ModelInferResponse.FromString(call(wire))
+        assert response.id == "wire" and response.model_name == "simple"
+        assert [(o.name, list(o.shape)) for o in response.outputs] == [
+            ("OUTPUT0", [1, 16]), ("OUTPUT1", [1, 16])]
+        np.testing.assert_array_equal(
+            np.frombuffer(response.raw_output_contents[0], np.int32), (a + b).ravel())
+        np.testing.assert_array_equal(
+            np.frombuffer(response.raw_output_contents[1], np.int32), (a - b).ravel())
+
+    truncated = body[:-3]
+    for wire, fragment in ((truncated, "runs past the end of the message"),
+                           (b"\xff" * 11, "varint longer than 10 bytes"),
+                           (b"\x0f", "unsupported wire type 7 at byte 0")):
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            error = rpc_error(lambda: call(wire))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith("the request is not a valid ModelInferRequest: ")
+        assert fragment in error.details(), error.details()
+
+
 def test_typed_values_out_of_range_for_narrow_types(stub):
     request = service_pb2.ModelInferRequest(model_name="bytes")
     tensor = request.inputs.add(name="x", datatype="UINT8", shape=[1, 4])
