@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import sys
 
 from pydantic import ValidationError
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-client-ca": ("tls_client_ca_file", "PEM CA: require client certificates (mTLS)"),
         "--api-keys-file": ("api_keys_file", "file of inference API keys, one per line"),
         "--admin-keys-file": ("admin_keys_file", "file of admin API keys, one per line"),
+        "--event-loop": ("event_loop", "auto, asyncio or uvloop"),
+        "--malloc-reuse-bytes": ("malloc_reuse_bytes", "heap-reuse bound, bytes (0: glibc's)"),
         "--log-format": ("log_format", "text or json"),
         "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR"),
     }
@@ -68,14 +71,44 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    _tune_malloc(settings.malloc_reuse_bytes)
 
     from service.app import InferenceServer  # imports onnxruntime: after argument errors
 
     async def run() -> None:
         await InferenceServer(settings).run_until_signal()
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(run())
     return 0
+
+
+def _tune_malloc(reuse_bytes: int) -> None:
+    """Keep blocks up to `reuse_bytes` in glibc's heap, and freed memory up to 4 times that, so
+    that per-request tensor buffers are reused instead of faulted in page by page each time."""
+    if not reuse_bytes or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, reuse_bytes)
+    mallopt(m_trim_threshold, 4 * reuse_bytes)
+
+
+def _loop_factory(choice: str):
+    """uvloop when asked for, or on auto when it is installed (it is a Linux/macOS extra)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("serve: event_loop 'uvloop' requested but uvloop is not installed")
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Per-model-version dynamic batching scheduler.
 
 Requests (each possibly a batch itself) wait in a bounded queue as (inputs, future) entries. One
-worker per model instance forms a batch and runs it on its own ONNX Runtime session in a thread,
-then splits the outputs back to the requests' futures in order.
+worker per model instance forms a batch and hands it to that instance's own thread, which runs it on
+the instance's ONNX Runtime session (releasing the GIL) and hands the outputs back with a single
+`call_soon_threadsafe`; that callback splits them to the requests' futures in order. A dedicated
+thread and one callback per batch cost less than an executor's futures chained into asyncio ones,
+which matters when a batch computes in a fraction of a millisecond.
 
 Batch formation, per worker:
 - take the oldest request and everything already queued behind it, up to max_batch_size;
@@ -22,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +49,40 @@ class _Queued:
     future: asyncio.Future
     enqueued: float
     deadline: float | None
+
+
+class _InstanceThread:
+    """The thread that runs one instance's batches, in order."""
+
+    def __init__(self, runtime: OnnxModel, instance: int, name: str):
+        self._runtime = runtime
+        self._instance = instance
+        self._loop = asyncio.get_running_loop()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, inputs: dict[str, np.ndarray], done: Callable) -> None:
+        """Run `inputs`; then, on the event loop, done(outputs, infer_s, None) or
+        done(None, 0.0, exception)."""
+        self._jobs.put((inputs, done))
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            inputs, done = job
+            try:
+                outputs, infer_s = self._runtime.timed_run(self._instance, inputs)
+                outcome = (outputs, infer_s, None)
+            except Exception as exc:  # noqa: BLE001 - reported to the batch's callers
+                outcome = (None, 0.0, exc)
+            try:
+                self._loop.call_soon_threadsafe(done, *outcome)
+            except RuntimeError:  # the loop is closed: the process is exiting
+                return
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
 
 
 class BatchScheduler:
@@ -76,9 +115,8 @@ class BatchScheduler:
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.instance_count, thread_name_prefix=f"ort-{model}-{version}"
-        )
+        self._threads = [_InstanceThread(runtime, i, f"ort-{model}-{version}-{i}")
+                         for i in range(config.instance_count)]
         self._workers = [
             asyncio.get_running_loop().create_task(self._work(i), name=f"batcher-{model}-{i}")
             for i in range(config.instance_count)
@@ -132,7 +170,8 @@ class BatchScheduler:
         self._closing = True
         self._wakeup.set()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.stop)
 
     @property
     def queued(self) -> int:
@@ -192,28 +231,36 @@ class BatchScheduler:
     async def _work(self, instance: int) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            batch: list[_Queued] = []
             try:
                 batch = await self._next_batch()
                 if batch is None:
                     return
-                await self._execute(loop, instance, batch)
+                finished = loop.create_future()
+                self._execute(instance, batch, finished)
+                await finished
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug here must not hang every caller: fail them and go on
                 log.exception("batcher for model '%s' crashed; failing queued requests", self._model)
-                self._fail_all_queued()
+                self._fail_all(batch)
 
-    def _fail_all_queued(self) -> None:
+    def _fail_all(self, batch: list[_Queued]) -> None:
+        """Fail `batch` and everything queued."""
         error = InferenceFailed(self._model)
         while self._queue:
-            entry = self._queue.popleft()
+            batch.append(self._queue.popleft())
             self._queue_depth.dec()
+        for entry in batch:
             if not entry.future.done():
                 entry.future.set_exception(error)
 
-    async def _execute(self, loop, instance: int, batch: list[_Queued]) -> None:
+    def _execute(self, instance: int, batch: list[_Queued], finished: asyncio.Future) -> None:
+        """Start `batch` on the instance's thread; `finished` resolves once every request in it
+        has its outputs (or its error)."""
         live = [entry for entry in batch if not entry.future.done()]
         if not live:
+            finished.set_result(None)
             return
         started = time.monotonic()
         for entry in live:
@@ -230,24 +277,38 @@ class BatchScheduler:
             }
         total = sum(entry.batch_size for entry in live)
         t1 = time.perf_counter()
-        try:
-            outputs, infer_s = await loop.run_in_executor(
-                self._executor, self._runtime.timed_run, instance, inputs)
-            if self._has_batch_axis and any(out.shape[:1] != (total,) for out in outputs):
-                raise RuntimeError(
-                    f"outputs' batch dims {[o.shape[:1] for o in outputs]} != batch size {total}"
-                )
-        except Exception:
-            log.exception(
+
+        def done(outputs, infer_s: float, error: Exception | None) -> None:
+            try:
+                self._deliver(live, total, outputs, error)
+            finally:
+                if not finished.done():  # not when the worker was cancelled meanwhile
+                    finished.set_result(None)
+            # Compute is ONNX Runtime's own time, timed in the instance thread; the hop to and
+            # from that thread is serving cost and counted as output time.
+            if error is None:
+                self._compute_latency.observe(infer_s)
+                self._batch_size.observe(total)
+                self._stats.record_execution(total, len(live), t1 - t0, infer_s,
+                                             time.perf_counter() - t1 - infer_s)
+
+        self._threads[instance].submit(inputs, done)
+
+    def _deliver(self, live: list[_Queued], total: int, outputs, error: Exception | None) -> None:
+        if error is None and self._has_batch_axis and any(
+                out.shape[:1] != (total,) for out in outputs):
+            error = RuntimeError(
+                f"outputs' batch dims {[o.shape[:1] for o in outputs]} != batch size {total}")
+        if error is not None:
+            log.error(
                 "inference failed: model=%s version=%s batch=%d requests=%d",
-                self._model, self._version, total, len(live),
+                self._model, self._version, total, len(live), exc_info=error,
             )
-            error = InferenceFailed(self._model)
+            failure = InferenceFailed(self._model)
             for entry in live:
                 if not entry.future.done():
-                    entry.future.set_exception(error)
+                    entry.future.set_exception(failure)
             return
-
         offset = 0
         for entry in live:
             if len(live) == 1:
@@ -257,10 +318,3 @@ class BatchScheduler:
             offset += entry.batch_size
             if not entry.future.done():
                 entry.future.set_result(dict(zip(self._output_names, result)))
-        t3 = time.perf_counter()
-
-        # Compute is ONNX Runtime's own time, timed in the worker thread; the hop to and from
-        # that thread (t2 - t1 - infer_s) is serving cost and counted as output time.
-        self._compute_latency.observe(infer_s)
-        self._batch_size.observe(total)
-        self._stats.record_execution(total, len(live), t1 - t0, infer_s, t3 - t1 - infer_s)
