@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -132,6 +133,11 @@ class InferenceServer:
                 # One broken model must not take the others down: it is reported, not fatal.
                 log.error("model '%s' not served: %s", name, exc.message)
         self.core.started = True
+        # Everything built so far (modules, descriptors, sessions) lives as long as the process:
+        # move it out of the collector's generations so full collections under load skip it
+        # (reference counting still frees what is dropped later, e.g. on unload).
+        gc.collect()
+        gc.freeze()
         status = SERVING if self.core.server_ready() else NOT_SERVING
         for service in ("", KSERVE_SERVICE, TASK_SERVICE):
             await self.health.set(service, status)
