@@ -1,17 +1,37 @@
-"""Locust users that speak the Open Inference Protocol over gRPC.
+"""Locust users that speak the service's gRPC APIs: the Open Inference Protocol's ModelInfer
+(tensor API) and the task API's RPCs, one user class each.
 
-    locust -f loadtest/locustfile.py --host grpc://localhost:8001 \
+    locust -f loadtest/locustfile.py --host grpc://localhost:8001 \\
         --model fashion_mlp --batch-size 8 --payload real --deadline-ms 1000
+    locust -f loadtest/locustfile.py --host grpc://localhost:8001 ClassifyUser --model fashion_cnn
+
+User class (RPC)                              model task kind         --batch-size is
+ModelInferUser (inference.../ModelInfer)      any                     items per tensor
+ClassifyUser (onnxserve.task.v1.../Classify)  classifier              images per request
+GenerateUser (.../Generate)                   (conditional_)generator images (count) per request
+SuperResolveUser (.../SuperResolve)           super_resolution        1: a request holds one image
+ReconstructUser (.../Reconstruct)             autoencoder             images per request
+
+Without class names on the command line ModelInferUser runs alone, as before the task users
+existed. A task user asks DescribeModel for the model's task kind first; a model of the wrong kind
+(or no task stubs: `make proto`) stops it with the reason logged once, and a headless run then
+quits with exit code 1. `--payload real` sends Fashion-MNIST test images (SuperResolveUser: a photo,
+`--task-photo`, centre-cropped to `--image-size`), `generated` random pixels; Generate sends no
+image. `--task-image-format` sets how images travel both ways (raw pixels or PNG).
 
 Every option has an environment variable (LOADTEST_MODEL, LOADTEST_BATCH_SIZE, LOADTEST_PAYLOAD,
-LOADTEST_DEADLINE_MS, LOADTEST_MAX_REQUESTS, LOADTEST_IMAGE_SIZE), and the master passes them to
+LOADTEST_DEADLINE_MS, LOADTEST_MAX_REQUESTS, LOADTEST_IMAGE_SIZE, LOADTEST_TASK_IMAGE_FORMAT,
+LOADTEST_TASK_SEED, LOADTEST_TASK_CLASS_LABEL, LOADTEST_TASK_PHOTO), and the master passes them to
 its workers.
-Users are closed-loop (no think time): the load is set by the number of users.
+Users are closed-loop (no think time): the load is set by the number of users. Each builds its
+request once and sends the same bytes on every call.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 
 # grpcio blocks the whole process in its C core unless told to cooperate with gevent, which
 # Locust runs on: this must happen before any channel exists.
@@ -20,16 +40,22 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, task
 from locust.exception import StopUser
+from locust.runners import WorkerRunner
 from tritonclient.grpc import service_pb2
 
 grpc_gevent.init_gevent()
 
 try:  # `locust -f loadtest/locustfile.py` from the repo root, or from inside loadtest/
-    from loadtest.payloads import (MODEL_INFER, MODEL_METADATA, infer_request_bytes, make_inputs,
-                                   signature_from_metadata)
+    from loadtest.payloads import (MODEL_INFER, MODEL_METADATA, SR_PHOTO, TASK_SERVICE,
+                                   classify_request_bytes, generate_request_bytes,
+                                   infer_request_bytes, make_inputs, model_images, photo,
+                                   reconstruct_request_bytes, signature_from_metadata,
+                                   super_resolve_request_bytes, task_messages)
 except ImportError:
-    from payloads import (MODEL_INFER, MODEL_METADATA, infer_request_bytes, make_inputs,
-                          signature_from_metadata)
+    from payloads import (MODEL_INFER, MODEL_METADATA, SR_PHOTO, TASK_SERVICE,
+                          classify_request_bytes, generate_request_bytes, infer_request_bytes,
+                          make_inputs, model_images, photo, reconstruct_request_bytes,
+                          signature_from_metadata, super_resolve_request_bytes, task_messages)
 
 
 @events.init_command_line_parser.add_listener
@@ -37,16 +63,45 @@ def _options(parser):
     parser.add_argument("--model", env_var="LOADTEST_MODEL", default="fashion_mlp",
                         help="model to call")
     parser.add_argument("--batch-size", env_var="LOADTEST_BATCH_SIZE", type=int, default=1,
-                        help="items per request")
+                        help="items per request (images, or Generate's count)")
     parser.add_argument("--payload", env_var="LOADTEST_PAYLOAD", choices=["real", "generated"],
                         default="real",
-                        help="real Fashion-MNIST images (when the input is one) or random data")
+                        help="real Fashion-MNIST images (when the input is one; SuperResolveUser: "
+                             "--task-photo) or random data")
     parser.add_argument("--deadline-ms", env_var="LOADTEST_DEADLINE_MS", type=float,
                         default=1000.0, help="gRPC deadline per call")
     parser.add_argument("--max-requests", env_var="LOADTEST_MAX_REQUESTS", type=int, default=0,
-                        help="stop after this many ModelInfer calls per load process (0: no limit)")
+                        help="stop after this many calls, whichever users make them, per load "
+                             "process (0: no limit)")
     parser.add_argument("--image-size", env_var="LOADTEST_IMAGE_SIZE", type=int, default=256,
-                        help="size of variable image dims (super-resolution)")
+                        help="size of variable image dims (super-resolution; SuperResolveUser's "
+                             "square image)")
+    parser.add_argument("--task-image-format", env_var="LOADTEST_TASK_IMAGE_FORMAT",
+                        choices=["raw", "png"], default="raw",
+                        help="task users: images sent and asked for as raw pixels or PNG (the "
+                             "server then decodes and encodes PNG on every call)")
+    parser.add_argument("--task-seed", env_var="LOADTEST_TASK_SEED", type=int, default=None,
+                        help="GenerateUser: seed of the latents (default: the server draws one "
+                             "per call)")
+    parser.add_argument("--task-class-label", env_var="LOADTEST_TASK_CLASS_LABEL", type=int,
+                        default=None,
+                        help="GenerateUser: class label for a conditional generator (default 0); "
+                             "refused for the others")
+    parser.add_argument("--task-photo", env_var="LOADTEST_TASK_PHOTO", default=str(SR_PHOTO),
+                        help="SuperResolveUser with --payload real: the photo, scaled up if "
+                             "smaller and centre-cropped to --image-size")
+
+
+@events.init.add_listener
+def _default_users(environment, **_kwargs):
+    """Locust runs every user class of the file when none is named; keep the default what it was
+    before the task users existed, ModelInferUser alone (the sweep, the compose stack and older
+    command lines name none). Workers are left alone: they spawn what their master asks for."""
+    options = environment.parsed_options
+    if options is None or options.user_classes or isinstance(environment.runner, WorkerRunner):
+        return
+    environment.user_classes[:] = [u for u in environment.user_classes
+                                   if not issubclass(u, TaskUser)]
 
 
 def _target(host: str) -> str:
@@ -56,12 +111,19 @@ def _target(host: str) -> str:
     return host
 
 
+class Refused(Exception):
+    """The run cannot work as configured (a model of the wrong kind, missing stubs)."""
+
+
 class GrpcUser(User):
     """Locust's custom-client pattern: one channel per user, each call reported as a request
-    event (request_type 'grpc')."""
+    event (request_type 'grpc'). A subclass's `prepare` builds the one request it sends."""
 
     abstract = True
     wait_time = constant(0)
+
+    sent = 0  # per load process, whichever users send, for --max-requests
+    _reasons_logged: set[str] = set()
 
     def on_start(self):
         self.channel = grpc.insecure_channel(
@@ -69,9 +131,44 @@ class GrpcUser(User):
             options=[("grpc.max_receive_message_length", 256 << 20),
                      ("grpc.max_send_message_length", 256 << 20)],
         )
+        options = self.environment.parsed_options
+        self.timeout = options.deadline_ms / 1000.0
+        self.refused = False
+        try:
+            self.name, self.method, self.payload = self.prepare(options)
+        except Refused as exc:
+            self.refuse(str(exc))
+
+    def prepare(self, options) -> tuple[str, object, bytes]:
+        """(request name in the stats, the bytes-in, bytes-out method, the request's bytes)."""
+        raise NotImplementedError
+
+    def refuse(self, reason: str) -> None:
+        """Log why once per process and stop at the first task (StopUser raised in on_start would
+        log a traceback per user); a headless run quits with exit code 1 rather than sit idle or
+        count failures until its time is up."""
+        self.refused = True
+        if reason not in GrpcUser._reasons_logged:
+            GrpcUser._reasons_logged.add(reason)
+            logging.error("%s: %s", type(self).__name__, reason)
+        if self.environment.parsed_options.headless:
+            self.environment.process_exit_code = 1
+            gevent.spawn(self.environment.runner.quit)
 
     def on_stop(self):
         self.channel.close()
+
+    @task
+    def send(self):
+        if self.refused:
+            raise StopUser()
+        limit = self.environment.parsed_options.max_requests
+        if limit and GrpcUser.sent >= limit:
+            # Outside this greenlet: quit() stops every user, this one included.
+            gevent.spawn(self.environment.runner.quit)
+            raise StopUser()
+        GrpcUser.sent += 1
+        self.call(self.name, self.method, self.payload, self.timeout)
 
     def call(self, name: str, method, payload: bytes, timeout: float):
         started = time.perf_counter()
@@ -90,10 +187,7 @@ class GrpcUser(User):
 class ModelInferUser(GrpcUser):
     """`ModelInfer` (tensor API) with raw contents; the request is built once and sent as bytes."""
 
-    def on_start(self):
-        super().on_start()
-        options = self.environment.parsed_options
-        self.timeout = options.deadline_ms / 1000.0
+    def prepare(self, options):
         metadata = self.channel.unary_unary(
             MODEL_METADATA, request_serializer=service_pb2.ModelMetadataRequest.SerializeToString,
             response_deserializer=service_pb2.ModelMetadataResponse.FromString,
@@ -101,19 +195,102 @@ class ModelInferUser(GrpcUser):
         signature = signature_from_metadata(metadata)
         inputs, payload = make_inputs(signature, options.batch_size, options.payload,
                                       options.image_size)
-        self.payload = infer_request_bytes(options.model, inputs, signature)
-        self.name = f"ModelInfer {options.model} b{options.batch_size} {payload}"
         # Bytes in, bytes out: no protobuf work per call on the load generator.
-        self.infer = self.channel.unary_unary(MODEL_INFER)
+        return (f"ModelInfer {options.model} b{options.batch_size} {payload}",
+                self.channel.unary_unary(MODEL_INFER),
+                infer_request_bytes(options.model, inputs, signature))
 
-    sent = 0  # per load process, for --max-requests
 
-    @task
-    def model_infer(self):
-        limit = self.environment.parsed_options.max_requests
-        if limit and ModelInferUser.sent >= limit:
-            # Outside this greenlet: quit() stops every user, this one included.
-            gevent.spawn(self.environment.runner.quit)
-            raise StopUser()
-        ModelInferUser.sent += 1
-        self.call(self.name, self.infer, self.payload, self.timeout)
+class TaskUser(GrpcUser):
+    """One RPC of the task API. DescribeModel tells the model's task kind first: a model the RPC
+    cannot serve is refused once instead of failing every call."""
+
+    abstract = True
+    rpc = ""
+    kinds: tuple[str, ...] = ()
+
+    def prepare(self, options):
+        try:
+            pb = task_messages()
+        except ImportError as exc:
+            raise Refused(f"needs the task API's stubs, service/_proto/task_service_pb2.py "
+                          f"(`make proto`, and the repository importable): {exc}") from None
+        describe = self.channel.unary_unary(
+            f"{TASK_SERVICE}/DescribeModel",
+            request_serializer=pb.DescribeModelRequest.SerializeToString,
+            response_deserializer=pb.ModelInfo.FromString)
+        try:
+            info = describe(pb.DescribeModelRequest(model=options.model), timeout=10)
+        except grpc.RpcError as exc:
+            raise Refused(f"DescribeModel('{options.model}') failed: {exc.code().name}: "
+                          f"{exc.details()}") from None
+        if info.task_kind not in self.kinds:
+            raise Refused(f"model '{options.model}' is a {info.task_kind or 'tensor'} model; "
+                          f"{self.rpc} needs a {' or '.join(self.kinds)} model")
+        label, payload = self.request(pb, info, options)
+        return (f"{self.rpc} {options.model} {label} {options.task_image_format}",
+                self.channel.unary_unary(f"{TASK_SERVICE}/{self.rpc}"), payload)
+
+    def request(self, pb, info, options) -> tuple[str, bytes]:
+        """(what the request holds, for its name in the stats; its bytes)."""
+        raise NotImplementedError
+
+
+class ClassifyUser(TaskUser):
+    """`Classify`: --batch-size images per request, top-1 label each."""
+
+    rpc, kinds = "Classify", ("classifier",)
+
+    def request(self, pb, info, options):
+        images, used = model_images(options.batch_size, tuple(info.inputs[0].shape),
+                                    options.payload)
+        return (f"b{options.batch_size} {used}",
+                classify_request_bytes(pb, info.name, images, options.task_image_format))
+
+
+class ReconstructUser(TaskUser):
+    """`Reconstruct`: --batch-size images per request through an autoencoder."""
+
+    rpc, kinds = "Reconstruct", ("autoencoder",)
+
+    def request(self, pb, info, options):
+        images, used = model_images(options.batch_size, tuple(info.inputs[0].shape),
+                                    options.payload)
+        return (f"b{options.batch_size} {used}",
+                reconstruct_request_bytes(pb, info.name, images, options.task_image_format))
+
+
+class GenerateUser(TaskUser):
+    """`Generate`: --batch-size images (`count`) from random latents per request; --payload does
+    not apply (no image goes in)."""
+
+    rpc, kinds = "Generate", ("generator", "conditional_generator")
+
+    def request(self, pb, info, options):
+        label = options.task_class_label
+        conditional = info.task_kind == "conditional_generator"
+        if not conditional and label is not None:
+            raise Refused(f"model '{info.name}' is not conditional; drop --task-class-label")
+        if conditional:
+            label = 0 if label is None else label
+            if not 0 <= label < info.num_classes:
+                raise Refused(f"--task-class-label {label}: model '{info.name}' has classes "
+                              f"0..{info.num_classes - 1}")
+        return (f"b{options.batch_size}" + (f" class{label}" if conditional else ""),
+                generate_request_bytes(pb, info.name, options.batch_size,
+                                       options.task_image_format, options.task_seed, label))
+
+
+class SuperResolveUser(TaskUser):
+    """`SuperResolve`: one --image-size square image per request (the message holds one)."""
+
+    rpc, kinds = "SuperResolve", ("super_resolution",)
+
+    def request(self, pb, info, options):
+        if options.batch_size != 1:
+            raise Refused(f"a SuperResolveRequest holds one image; --batch-size must be 1, got "
+                          f"{options.batch_size}")
+        size = options.image_size
+        image, used = photo(size, options.payload, Path(options.task_photo))
+        return (f"b1 {used} {size}x{size}",
+                super_resolve_request_bytes(pb, info.name, image, options.task_image_format))

@@ -1,13 +1,15 @@
 """Request payloads for the load generators: model signatures, real or generated inputs, and
-pre-serialised ModelInferRequest bytes.
+pre-serialised ModelInferRequest bytes; images and pre-serialised requests for the task API.
 
-The messages come from tritonclient's stubs (same wire format as the service's own): a load
-generator must not import `service._proto`, whose `inference` package collides with tritonclient's.
+The tensor API's messages come from tritonclient's stubs (same wire format as the service's own): a
+load generator must not import `service._proto.grpc_service_pb2`, whose `inference` package
+collides with tritonclient's. The task API's messages are the service's own (`task_messages`).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +19,9 @@ import numpy as np
 import yaml
 
 FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+# Super-resolution's real payload: a photo of the Set5 test set in the checkout's shared data, read
+# where it lies (the load generator's --task-photo points elsewhere).
+SR_PHOTO = Path(__file__).resolve().parents[2] / "shared/data/sr/test/Set5/baby.png"
 
 NUMPY = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -162,3 +167,115 @@ def _datatype(signature: Signature, name: str) -> str:
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MODEL_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
+
+
+# -- task API (onnxserve.task.v1.TaskService) ---------------------------------------------------
+
+TASK_SERVICE = "/onnxserve.task.v1.TaskService"
+
+
+def task_messages():
+    """The task API's protobuf module, which `make proto` generates into service/_proto. Unlike the
+    tensor API's stubs it can share a process with tritonclient: its package is onnxserve.task.v1
+    and it imports no other generated module (grpc_service_pb2 would bring the clashing
+    `inference` package along). Raises ImportError where the stubs are absent."""
+    from service._proto import task_service_pb2
+
+    return task_service_pb2
+
+
+def model_images(
+    count: int, chw: tuple[int, ...], payload: str = "real", seed: int = 0,
+) -> tuple[np.ndarray, str]:
+    """`count` uint8 images (N x H x W x C) for an image model whose input is C x H x W, and what
+    they really are: Fashion-MNIST test images as they are (28 x 28 grey; the server converts
+    them to the model's input as it would any client's), or random pixels of the model's own size
+    ('real' falls back to that without the dataset)."""
+    if payload == "real":
+        images = fashion_mnist_images(max(count, 1))
+        if images is not None:
+            reps = -(-count // len(images))
+            return np.tile(images, (reps, 1, 1))[:count, :, :, None], "real"
+    channels, height, width = chw[-3:]
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, height, width, channels), dtype=np.uint8), "generated"
+
+
+def photo(size: int, payload: str = "real", path: Path = SR_PHOTO,
+          seed: int = 0) -> tuple[np.ndarray, str]:
+    """One size x size RGB uint8 image (H x W x 3), and what it really is: the photo at `path`,
+    scaled up if its short side is below `size` and centre-cropped (a crop keeps the photo's own
+    detail, which is what super-resolution works on), or random pixels ('real' falls back to that
+    without the photo or Pillow)."""
+    if payload == "real" and path.is_file():
+        try:
+            from PIL import Image
+        except ImportError:
+            Image = None
+        if Image is not None:
+            with Image.open(path) as image:
+                picture = image.convert("RGB")
+            short = min(picture.size)
+            if short < size:
+                picture = picture.resize(
+                    (max(size, round(picture.width * size / short)),
+                     max(size, round(picture.height * size / short))),
+                    Image.Resampling.BICUBIC)
+            left, top = (picture.width - size) // 2, (picture.height - size) // 2
+            return np.asarray(picture.crop((left, top, left + size, top + size))), "real"
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "generated"
+
+
+def task_image(pb, pixels: np.ndarray, image_format: str = "raw"):
+    """An H x W x C uint8 array as a task API Image: raw pixels, or PNG bytes (encoded here,
+    once, so a load generator pays for it before the run, not per call)."""
+    if image_format == "png":
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buffer, "PNG")
+        return pb.Image(encoded=buffer.getvalue())
+    height, width, channels = pixels.shape
+    return pb.Image(raw=pb.RawImage(pixels=np.ascontiguousarray(pixels).tobytes(), height=height,
+                                    width=width, channels=channels))
+
+
+def _response_format(pb, image_format: str) -> int:
+    return pb.PNG if image_format == "png" else pb.RAW
+
+
+def classify_request_bytes(pb, model: str, images: np.ndarray, image_format: str = "raw") -> bytes:
+    """A serialised ClassifyRequest for N x H x W x C images (top 1 label each)."""
+    return pb.ClassifyRequest(
+        model=model, images=[task_image(pb, i, image_format) for i in images],
+    ).SerializeToString()
+
+
+def reconstruct_request_bytes(pb, model: str, images: np.ndarray,
+                              image_format: str = "raw") -> bytes:
+    """A serialised ReconstructRequest for N x H x W x C images; the images come back in the same
+    format."""
+    return pb.ReconstructRequest(
+        model=model, images=[task_image(pb, i, image_format) for i in images],
+        format=_response_format(pb, image_format),
+    ).SerializeToString()
+
+
+def super_resolve_request_bytes(pb, model: str, image: np.ndarray,
+                                image_format: str = "raw") -> bytes:
+    """A serialised SuperResolveRequest for one H x W x C image (the message holds one)."""
+    return pb.SuperResolveRequest(
+        model=model, image=task_image(pb, image, image_format),
+        format=_response_format(pb, image_format),
+    ).SerializeToString()
+
+
+def generate_request_bytes(pb, model: str, count: int, image_format: str = "raw",
+                           seed: int | None = None, class_label: int | None = None) -> bytes:
+    """A serialised GenerateRequest for `count` images from random latents; without a seed the
+    server draws one per call."""
+    return pb.GenerateRequest(
+        model=model, count=count, seed=seed, class_label=class_label,
+        format=_response_format(pb, image_format),
+    ).SerializeToString()

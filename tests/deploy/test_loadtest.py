@@ -1,12 +1,13 @@
-"""Smoke tests of the load generators against a real server: Locust's gRPC user, the lean
-closed-loop client the bench uses, and the in-process ceiling. They check the tools work and
-report what they saw, never how fast anything was."""
+"""Smoke tests of the load generators against a real server: Locust's gRPC users (tensor and task
+API), the lean closed-loop client the bench uses, and the in-process ceiling. They check the tools
+work and report what they saw, never how fast anything was."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def test_locust_user_sends_model_infer_over_grpc(server, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     # Locust's CSV writer runs every few seconds and can miss a short run; its JSON is final.
     stats = {entry["name"]: entry for entry in json.loads(Path(f"{prefix}.json").read_text())}
+    assert list(stats) == ["ModelInfer affine b4 generated"]  # no class named: ModelInferUser only
     entry = stats["ModelInfer affine b4 generated"]
     assert entry["method"] == "grpc"
     calls = entry["num_requests"]
@@ -55,6 +57,85 @@ def test_locust_user_sends_model_infer_over_grpc(server, tmp_path):
     text = server.metrics_text()
     assert metric_value(text, "inference_requests_total", model="affine", rpc="ModelInfer",
                         code="OK") >= calls
+
+
+# The bundled models the task users need, and no more: the server starts in a second or two.
+TASK_MODELS = ("fashion_mlp", "dcgan", "cdcgan", "espcn_x2", "conv_autoencoder")
+
+
+@pytest.fixture(scope="module")
+def bundled_server():
+    from servers import start_server
+
+    process = start_server(ROOT / "models", *(a for m in TASK_MODELS for a in ("--model", m)))
+    yield process
+    assert process.terminate() == 0
+
+
+def run_locust(server, prefix: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
+         "-u", "2", "-r", "2", "--run-time", "50s", "--host", f"grpc://{server.grpc_address}",
+         "--deadline-ms", "10000", "--json-file", str(prefix), "--only-summary",
+         "--loglevel", "WARNING", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+def _real(available: bool) -> str:
+    return "real" if available else "generated"  # what the user says it sent
+
+
+def _task_runs():
+    from loadtest.payloads import SR_PHOTO, fashion_mnist_images
+
+    images = _real(fashion_mnist_images(1) is not None)
+    photo = _real(SR_PHOTO.is_file())
+    runs = [
+        ("ClassifyUser", "fashion_mlp", ["--batch-size", "4", "--payload", "real"],
+         f"Classify fashion_mlp b4 {images} raw"),
+        ("GenerateUser", "dcgan", ["--batch-size", "4", "--task-seed", "7"],
+         "Generate dcgan b4 raw"),
+        ("GenerateUser", "cdcgan", ["--batch-size", "2", "--task-class-label", "3"],
+         "Generate cdcgan b2 class3 raw"),
+        ("SuperResolveUser", "espcn_x2", ["--payload", "real", "--image-size", "64"],
+         f"SuperResolve espcn_x2 b1 {photo} 64x64 raw"),
+        ("ReconstructUser", "conv_autoencoder",
+         ["--batch-size", "3", "--payload", "generated", "--task-image-format", "png"],
+         "Reconstruct conv_autoencoder b3 generated png"),
+    ]
+    return [pytest.param(*run, id=f"{run[0]}-{run[1]}") for run in runs]
+
+
+@pytest.mark.parametrize("user, model, args, name", _task_runs())
+def test_locust_task_users_call_their_rpc(bundled_server, tmp_path, user, model, args, name):
+    prefix = tmp_path / "run"
+    result = run_locust(bundled_server, prefix, user, "--model", model, "--max-requests", "12",
+                        *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Its JSON, not its CSVs, for the reason given in the test above.
+    stats = {entry["name"]: entry for entry in json.loads(Path(f"{prefix}.json").read_text())}
+    assert list(stats) == [name]
+    entry = stats[name]
+    assert entry["method"] == "grpc"
+    assert entry["num_requests"] == 12 and entry["num_failures"] == 0
+    assert entry["total_content_length"] > 0
+    rpc = name.split()[0]
+    assert metric_value(bundled_server.metrics_text(), "inference_requests_total", model=model,
+                        rpc=rpc, code="OK") >= 12
+
+
+def test_locust_task_user_refuses_a_model_of_another_kind(bundled_server, tmp_path):
+    prefix = tmp_path / "run"
+    started = time.monotonic()
+    result = run_locust(bundled_server, prefix, "ClassifyUser", "--model", "espcn_x2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    # Quits at once instead of idling (or failing every call) until --run-time is up.
+    assert time.monotonic() - started < 30
+    reason = ("ClassifyUser: model 'espcn_x2' is a super_resolution model; Classify needs a "
+              "classifier model")
+    assert result.stderr.count(reason) == 1  # once per process, not once per user
+    assert json.loads(Path(f"{prefix}.json").read_text()) == []
 
 
 def test_closed_loop_client_reports_calls_cpu_and_server_batches(server, repo):
