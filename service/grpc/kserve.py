@@ -21,7 +21,7 @@ from service.core.triton_config import to_triton
 from service.settings import MESSAGE_ENVELOPE_BYTES
 from service.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError
 from service.grpc.kserve_codec import (
-    decode_inputs, infer_response_bytes, output_tensors, split_infer_request,
+    decode_inputs, infer_response_bytes, split_infer_request,
 )
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -139,8 +139,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             model_name=result.model.name, model_version=result.model.version_label, id=request.id
         )
         datatypes = {spec.name: spec.datatype for spec in result.model.config.outputs}
-        output_tensors(head, result.outputs, datatypes)
-        return infer_response_bytes(head, result.outputs.values())
+        return infer_response_bytes(head, result.outputs, datatypes)
 
     async def ModelStatistics(self, request, context):
         if request.name:

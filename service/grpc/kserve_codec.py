@@ -14,7 +14,7 @@ as Triton does; stock clients read either form.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -99,12 +99,16 @@ def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryv
     return request, raw
 
 
-def infer_response_bytes(head: pb.ModelInferResponse, outputs: Iterable[np.ndarray]) -> bytes:
-    """`head` (which has no raw_output_contents) serialised, followed by one raw_output_contents
-    field per array: protobuf's own encoding, since a message may be split and concatenated at
-    field boundaries."""
+def infer_response_bytes(
+    head: pb.ModelInferResponse, outputs: dict[str, np.ndarray], datatypes: dict[str, str]
+) -> bytes:
+    """`head` with each output described in its `outputs`, serialised, followed by one
+    raw_output_contents field per output: protobuf's own encoding, since a message may be split and
+    concatenated at field boundaries."""
+    for name, array in outputs.items():
+        head.outputs.add(name=name, datatype=datatypes[name], shape=array.shape)
     parts: list = [head.SerializeToString()]
-    for array in outputs:
+    for array in outputs.values():
         # Native order is little-endian on every platform onnxruntime ships for, as raw is.
         parts += (_RAW_OUTPUT_KEY, _encode_varint(array.nbytes), np.ascontiguousarray(array))
     return b"".join(parts)
@@ -182,11 +186,3 @@ def _from_contents(name, tensor, dtype: np.dtype, shape, count) -> np.ndarray:
                 f"{tensor.datatype}, got range [{low}, {high}]"
             )
     return array.astype(dtype, copy=False).reshape(shape)
-
-
-def output_tensors(
-    response: pb.ModelInferResponse, outputs: dict[str, np.ndarray], datatypes: dict[str, str]
-) -> None:
-    """Describe each output in `response.outputs`; the bytes follow via `infer_response_bytes`."""
-    for name, array in outputs.items():
-        response.outputs.add(name=name, datatype=datatypes[name], shape=array.shape)
