@@ -33,6 +33,12 @@ def cores() -> tuple[list[str], list[str]]:
     return ["taskset", "-c", str(available[0])], available[1:]
 
 
+def stat_cpu_seconds(stat: str) -> float:
+    """User plus system CPU seconds from a /proc/<pid>[/task/<tid>]/stat line."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 @dataclass
 class Server:
     process: subprocess.Popen
@@ -54,8 +60,7 @@ class Server:
             return response.read().decode()
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        return stat_cpu_seconds(Path(f"/proc/{self.pid}/stat").read_text())
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

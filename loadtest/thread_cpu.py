@@ -31,8 +31,7 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
         except FileNotFoundError:  # the thread ended meanwhile
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / harness.CLK_TCK)
+        threads[int(task.name)] = (name, harness.stat_cpu_seconds(stat))
     return threads
 
 
