@@ -227,18 +227,19 @@ def photo(size: int, payload: str = "real", path: Path = SR_PHOTO,
     return rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "generated"
 
 
-def task_image(pb, pixels: np.ndarray, image_format: str = "raw"):
-    """An H x W x C uint8 array as a task API Image: raw pixels, or PNG bytes (encoded here,
-    once, so a load generator pays for it before the run, not per call)."""
+def task_image(pixels: np.ndarray, image_format: str = "raw"):
+    """An H x W x C uint8 array as a task API Image, built by the service's own client: raw
+    pixels, or PNG bytes (encoded here, once, so a load generator pays for it before the run, not
+    per call)."""
+    from service.client.client import to_image_message  # needs the task stubs, like the users
+
     if image_format == "png":
         from PIL import Image
 
         buffer = io.BytesIO()
         Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buffer, "PNG")
-        return pb.Image(encoded=buffer.getvalue())
-    height, width, channels = pixels.shape
-    return pb.Image(raw=pb.RawImage(pixels=np.ascontiguousarray(pixels).tobytes(), height=height,
-                                    width=width, channels=channels))
+        return to_image_message(buffer.getvalue())
+    return to_image_message(pixels)
 
 
 def _response_format(pb, image_format: str) -> int:
@@ -248,7 +249,7 @@ def _response_format(pb, image_format: str) -> int:
 def classify_request_bytes(pb, model: str, images: np.ndarray, image_format: str = "raw") -> bytes:
     """A serialised ClassifyRequest for N x H x W x C images (top 1 label each)."""
     return pb.ClassifyRequest(
-        model=model, images=[task_image(pb, i, image_format) for i in images],
+        model=model, images=[task_image(i, image_format) for i in images],
     ).SerializeToString()
 
 
@@ -257,7 +258,7 @@ def reconstruct_request_bytes(pb, model: str, images: np.ndarray,
     """A serialised ReconstructRequest for N x H x W x C images; the images come back in the same
     format."""
     return pb.ReconstructRequest(
-        model=model, images=[task_image(pb, i, image_format) for i in images],
+        model=model, images=[task_image(i, image_format) for i in images],
         format=_response_format(pb, image_format),
     ).SerializeToString()
 
@@ -266,7 +267,7 @@ def super_resolve_request_bytes(pb, model: str, image: np.ndarray,
                                 image_format: str = "raw") -> bytes:
     """A serialised SuperResolveRequest for one H x W x C image (the message holds one)."""
     return pb.SuperResolveRequest(
-        model=model, image=task_image(pb, image, image_format),
+        model=model, image=task_image(image, image_format),
         format=_response_format(pb, image_format),
     ).SerializeToString()
 
