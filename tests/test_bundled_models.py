@@ -10,10 +10,9 @@ import tritonclient.grpc as triton
 from PIL import Image
 
 from servers import ROOT, start_server
+from service.core.datatypes import DATATYPES
 
 MODELS = ROOT / "models"
-NUMPY = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
-         "UINT8": np.uint8}
 
 @pytest.fixture(scope="module")
 def server():
@@ -37,7 +36,7 @@ def test_bundled_model_answers(server, name):
             shape = [1 if i == 0 and d == -1 else (12 if d == -1 else d)
                      for i, d in enumerate(spec.shape)]
             tensor = triton.InferInput(spec.name, shape, spec.datatype)
-            tensor.set_data_from_numpy(np.zeros(shape, NUMPY[spec.datatype]))
+            tensor.set_data_from_numpy(np.zeros(shape, DATATYPES[spec.datatype].numpy))
             inputs.append(tensor)
         result = client.infer(name, inputs)
         for spec in metadata.outputs:

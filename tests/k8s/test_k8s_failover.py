@@ -6,17 +6,14 @@ on all three. Nothing may fail for the client that balances and retries itself."
 from __future__ import annotations
 
 import json
-import sys
 
 import grpc
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2_grpc
 
+from deploy.failover import failover
 from servers import ROOT, start_server, wait_for
 from onnx_builders import affine_config, affine_graph, slow_config, slow_graph, write_model
-
-sys.path.insert(0, str(ROOT / "deploy" / "failover"))
-import failover  # noqa: E402
 
 
 def test_replicas_fail_over_without_losing_a_request(tmp_path):
