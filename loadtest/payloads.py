@@ -20,10 +20,14 @@ import yaml
 
 from service.core.datatypes import DATATYPES
 
-FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+# Where Debian's dataset-fashion-mnist puts the files (the Makefile's apt list; the compose Locust
+# image copies the test images there too).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST))
 # Super-resolution's real payload: a photo of the Set5 test set in the checkout's shared data, read
 # where it lies (the load generator's --task-photo points elsewhere).
 SR_PHOTO = Path(__file__).resolve().parents[2] / "shared/data/sr/test/Set5/baby.png"
+
 
 @dataclass(frozen=True)
 class TensorSpec:
