@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import signal
-import socket
 from pathlib import Path
 
 import grpc
@@ -19,12 +17,17 @@ from service.core.inference import InferenceCore
 from service.core.repository import ModelRepository
 from service.core.runtime import RuntimeOptions, choose_provider
 from service.errors import StartupError
-from service.grpc.auth import ApiKeys, AuthInterceptor
+from service.auth import ApiKeys
+from service.grpc.auth import AuthInterceptor
 from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.kserve import SERVICE as KSERVE, KServeServicer
 from service.grpc.kserve import add_to_server as add_kserve_to_server
 from service.grpc.task import TaskServicer
+from service.http.framework import HttpApp, Router
+from service.http.server import HttpServer, tls_options
+from service.http.v2 import V2Routes
 from service.metrics import Metrics
+from service.ports import bind_error, check_port_free
 from service.settings import ServerSettings
 from service.tasks.core import TaskCore, TaskLimits
 from service.tasks.images import ImageLimits
@@ -38,7 +41,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class InferenceServer:
-    """One server: model repository, shared core, gRPC front ends, health and metrics.
+    """One server: model repository, shared core, the gRPC and REST front ends, health, metrics.
 
     Construct it inside a running event loop, then `await start()` and `await stop()`.
     """
@@ -97,15 +100,28 @@ class InferenceServer:
             self.grpc_server,
         )
         self._credentials = self._tls_credentials()
+        self.http = None
+        if settings.http_port >= 0:
+            router = Router()
+            V2Routes(self.core, settings.max_load_file_bytes).register(router)
+            self.http_app = HttpApp(router, self.metrics, lambda: self.core.draining, self.keys,
+                                    settings.public_health, limit)
+            tls = None
+            if settings.tls_cert_file is not None:
+                tls = tls_options(str(settings.tls_cert_file), str(settings.tls_key_file),
+                                  settings.tls_client_ca_file and str(settings.tls_client_ca_file))
+            self.http = HttpServer(self.http_app, settings.host, settings.http_port,
+                                   settings.reuse_port, tls, settings.shutdown_grace_s)
         self.grpc_port = 0
         self.metrics_port = 0
         self._metrics_http = None
 
     async def start(self) -> None:
-        """Open the metrics port, load the startup models, then open the gRPC port and report
-        SERVING. The gRPC port opens last (as Triton's do): until then connections are refused,
-        so a proxy's passive checks or a DNS-balancing client never send calls to a server that
-        cannot answer them; /metrics is up throughout to watch the loading."""
+        """Open the metrics port, load the startup models, then open the gRPC and REST ports and
+        report SERVING. Those ports open last (as Triton's do): until then connections are
+        refused, so a proxy's passive checks or a DNS-balancing client never send calls to a
+        server that cannot answer them; /metrics is up throughout to watch the loading. Every
+        port is taken before the loading starts, so a busy one fails the start at once."""
         settings = self.settings
         authorize = None
         if self.keys.enabled and not settings.public_health:
@@ -114,10 +130,12 @@ class InferenceServer:
             self._metrics_http, self.metrics_port = self.metrics.serve_http(
                 settings.host, settings.metrics_port, authorize)
         except OSError as exc:
-            raise _bind_error("metrics", settings.host, settings.metrics_port, exc) from exc
+            raise bind_error("metrics", settings.host, settings.metrics_port, exc) from exc
         if not settings.reuse_port:
-            _check_port_free("gRPC", settings.host, settings.grpc_port)  # fail before loading
-        log.info("loading models: metrics_port=%d (the gRPC port opens once they are loaded)",
+            check_port_free("gRPC", settings.host, settings.grpc_port)  # fail before loading
+        if self.http is not None:
+            self.http.bind()  # bound, not listening: connections are refused until start()
+        log.info("loading models: metrics_port=%d (gRPC and REST open once they are loaded)",
                  self.metrics_port, extra={"event": "loading", "metrics_port": self.metrics_port})
         await self.core.start(settings.startup_models)
 
@@ -134,10 +152,15 @@ class InferenceServer:
         for service in ("", KSERVE_SERVICE, TASK_SERVICE):
             await self.health.set(service, status)
         await self.grpc_server.start()
+        http_port = -1
+        if self.http is not None:
+            await self.http.start()
+            http_port = self.http.port
         log.info(
-            "serving: grpc_port=%d metrics_port=%d models=%s ready=%s",
-            self.grpc_port, self.metrics_port, self.core.ready_names(), self.core.server_ready(),
-            extra={"event": "serving", "grpc_port": self.grpc_port,
+            "serving: grpc_port=%d http_port=%d metrics_port=%d models=%s ready=%s",
+            self.grpc_port, http_port, self.metrics_port, self.core.ready_names(),
+            self.core.server_ready(),
+            extra={"event": "serving", "grpc_port": self.grpc_port, "http_port": http_port,
                    "metrics_port": self.metrics_port},
         )
 
@@ -171,17 +194,22 @@ class InferenceServer:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.core.begin_drain()
         await self.health.enter_graceful_shutdown()  # watchers see NOT_SERVING first
-        log.info("draining: %d call(s) in flight", self.interceptor.active_calls)
+        recorders = [self.interceptor.calls] + ([self.http_app.calls] if self.http else [])
+        log.info("draining: %d call(s) in flight", sum(r.active for r in recorders))
         # Stop at once, with a grace period: gRPC sends GOAWAY, so clients stop opening calls here
         # and get UNAVAILABLE (which their retry policy retries elsewhere) for new ones, while
         # calls in flight finish. Refusing in our interceptor alone and stopping at the end would
-        # let calls race in until the last moment, when gRPC cancels them.
-        stopped = asyncio.ensure_future(self.grpc_server.stop(grace))
+        # let calls race in until the last moment, when gRPC cancels them. REST stops listening
+        # and answers 503 to new calls on open connections while its calls in flight finish.
+        stopped = [asyncio.ensure_future(self.grpc_server.stop(grace))]
+        if self.http is not None:
+            stopped.append(asyncio.ensure_future(self.http.stop()))
         try:
-            await asyncio.wait_for(self.interceptor.wait_idle(), grace)
+            await asyncio.wait_for(asyncio.gather(*(r.wait_idle() for r in recorders)), grace)
         except TimeoutError:
-            log.warning("grace period over with %d call(s) in flight", self.interceptor.active_calls)
-        await stopped
+            log.warning("grace period over with %d call(s) in flight",
+                        sum(r.active for r in recorders))
+        await asyncio.gather(*stopped)
         await self.core.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -203,28 +231,3 @@ def _read(setting: str, path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise StartupError(f"{setting} {path}: {exc.strerror}") from exc
-
-
-def _bind_error(what: str, host: str, port: int, exc: OSError) -> StartupError:
-    if exc.errno == errno.EADDRINUSE:
-        return StartupError(f"the {what} port {port} on {host} is in use by another process "
-                            f"(choose another with --{what.lower()}-port, or 0 for any free one)")
-    return StartupError(f"cannot bind the {what} port {port} on {host}: {exc.strerror or exc}")
-
-
-def _check_port_free(what: str, host: str, port: int) -> None:
-    """Bind and release the port: a busy one is an error now, not after every model loaded."""
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise StartupError(f"host {host!r}: {exc.strerror}") from exc
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise _bind_error(what, host, port, exc) from exc

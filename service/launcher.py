@@ -28,6 +28,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class ServerProcess:
     process: subprocess.Popen
     grpc_port: int = 0
+    http_port: int = -1
     metrics_port: int = 0
     log_lines: list[dict] = field(default_factory=list)
 
@@ -38,6 +39,15 @@ class ServerProcess:
     @property
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_address(self) -> str:
+        """host:port of the REST front end (tritonclient.http's url)."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_address}"
 
     def messages(self) -> list[str]:
         return [line.get("message", "") for line in self.log_lines]
@@ -73,14 +83,17 @@ class ServerProcess:
         self.process.wait()
 
 
-def start_server(repo: Path, *flags: str, grpc_port: int = 0, pin: list[str] | None = None,
+def start_server(repo: Path, *flags: str, grpc_port: int = 0, http_port: int = 0,
+                 pin: list[str] | None = None,
                  env: dict | None = None, log_path: Path | None = None,
                  timeout: float = 120) -> ServerProcess:
-    """Start a server over `repo` on 127.0.0.1 (metrics on a free port, JSON logs, one intra-op
-    thread unless `flags` say otherwise) and return once it serves. `pin` is a command prefix
+    """Start a server over `repo` on 127.0.0.1 (gRPC, REST and metrics on free ports unless told
+    otherwise, JSON logs, one intra-op thread unless `flags` say otherwise) and return once it
+    serves (http_port -1: no REST). `pin` is a command prefix
     such as `taskset -c 0`; `log_path`, when given, receives every log line as it comes."""
     command = [*(pin or []), sys.executable, "-m", "service", "--models", str(repo),
-               "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--metrics-port", "0",
+               "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+               "--metrics-port", "0",
                "--log-format", "json", "--intra-op-threads", "1", *flags]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
@@ -102,6 +115,7 @@ def start_server(repo: Path, *flags: str, grpc_port: int = 0, pin: list[str] | N
             server.log_lines.append(line)
             if line.get("event") == "serving":
                 server.grpc_port, server.metrics_port = line["grpc_port"], line["metrics_port"]
+                server.http_port = line["http_port"]
                 ready.set()
         ready.set()  # the process exited
         if sink:

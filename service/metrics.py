@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -27,13 +29,15 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            f"{PREFIX}_requests", "RPCs answered, by model, version, RPC and gRPC status code.",
-            ["model", "version", "rpc", "code"], registry=r,
+            f"{PREFIX}_requests",
+            "Calls answered, by model, version, call (ModelInfer, Classify, ...), canonical status "
+            "code and protocol (grpc, http).",
+            ["model", "version", "rpc", "code", "protocol"], registry=r,
         )
         self.request_latency = Histogram(
             f"{PREFIX}_request_duration_seconds",
-            "End-to-end RPC latency inside the server (decode, queue, compute, encode).",
-            ["model", "version", "rpc"], buckets=LATENCY_BUCKETS, registry=r,
+            "End-to-end call latency inside the server (decode, queue, compute, encode).",
+            ["model", "version", "rpc", "protocol"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.queue_latency = Histogram(
             f"{PREFIX}_queue_duration_seconds",
@@ -108,6 +112,52 @@ class Metrics:
         server = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server, server.server_port
+
+
+class CallRecorder:
+    """One front end's calls: counted and timed by (model, version, call, code) under its
+    protocol label, and tracked while in flight so that shutdown can wait for them. Metric children
+    are cached off the hot path; label values are bounded, as model and version are only set for
+    real models."""
+
+    def __init__(self, metrics: Metrics, protocol: str):
+        self._metrics = metrics
+        self._protocol = protocol
+        self._counters: dict[tuple, object] = {}
+        self._latencies: dict[tuple, object] = {}
+        self.active = 0
+        self._idle: asyncio.Event | None = None
+
+    def begin(self) -> float:
+        """A call starts; returns its start time for `end`."""
+        self.active += 1
+        if self._idle is not None:
+            self._idle.clear()
+        return time.perf_counter()
+
+    def end(self, model: str, version: str, call: str, code: str, started: float) -> None:
+        key = (model, version, call)
+        counter = self._counters.get(key + (code,))
+        if counter is None:
+            counter = self._counters[key + (code,)] = self._metrics.requests.labels(
+                *key, code, self._protocol)
+        latency = self._latencies.get(key)
+        if latency is None:
+            latency = self._latencies[key] = self._metrics.request_latency.labels(
+                *key, self._protocol)
+        counter.inc()
+        latency.observe(time.perf_counter() - started)
+        self.active -= 1
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight (the event is made inside the running loop)."""
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        if self.active == 0:
+            self._idle.set()
+        await self._idle.wait()
 
 
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):

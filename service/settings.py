@@ -33,17 +33,20 @@ class ServerSettings(BaseSettings):
     models: Path = Path("models")
     """Model repository directory: NAME/config.yaml (or config.pbtxt) and NAME/VERSION/model.onnx."""
     host: str = "0.0.0.0"
-    """Address the gRPC and metrics servers bind to."""
+    """Address the gRPC, REST and metrics servers bind to."""
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     """gRPC port; 0 picks a free one (logged at start). Opened once the startup models are
     loaded, so a proxy or client never meets a server that cannot serve yet."""
+    http_port: int = Field(default=8000, ge=-1, le=65535)
+    """REST port (the Open Inference Protocol over HTTP, the task API, the demo page); 0 picks a
+    free one, -1 turns REST off. Opened, like gRPC's, once the startup models are loaded."""
     metrics_port: int = Field(default=8002, ge=0, le=65535)
     """Prometheus metrics HTTP port; 0 picks a free one. Opened first, so loading can be
     watched."""
     reuse_port: bool = False
-    """Let other processes bind the same gRPC port (SO_REUSEPORT), the kernel spreading
-    connections over them: only for several servers on one host sharing one port on purpose.
-    Off, a busy port stops the start with an error instead of silently sharing it."""
+    """Let other processes bind the same gRPC and REST ports (SO_REUSEPORT), the kernel spreading
+    connections over them: only for several servers on one host sharing ports on purpose. Off, a
+    busy port stops the start with an error instead of silently sharing it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Execution provider: auto uses CUDA only when its libraries and a device are usable; cuda
     fails the start when they are not."""
@@ -54,7 +57,8 @@ class ServerSettings(BaseSettings):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimisation level."""
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
-    """Largest gRPC message accepted or sent (the default takes a 4096x4096 RGB FP32 tensor)."""
+    """Largest gRPC message accepted or sent, and largest REST request body (the default takes a
+    4096x4096 RGB FP32 tensor)."""
     max_load_file_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     """Largest total of model files a load request may carry (tritonclient load_model files)."""
     max_connection_age_s: float = flag("--max-connection-age", default=0.0, ge=0)
@@ -76,7 +80,7 @@ class ServerSettings(BaseSettings):
     sr_tile_overlap: int = Field(default=16, ge=0)
     """Task API: context pixels around each tile; must cover the network's receptive field."""
     tls_cert_file: Path | None = flag("--tls-cert", default=None)
-    """PEM server certificate (chain): serve gRPC over TLS."""
+    """PEM server certificate (chain): serve gRPC and REST over TLS."""
     tls_key_file: Path | None = flag("--tls-key", default=None)
     """PEM private key of the server certificate."""
     tls_client_ca_file: Path | None = flag("--tls-client-ca", default=None)

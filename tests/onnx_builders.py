@@ -51,14 +51,10 @@ def simple_graph():
     return helper.make_graph(nodes, "simple", ins, outs)
 
 
-def slow_graph(dim: int = 512):
-    """y = x, exactly, after max(work) identity MatMuls in a Loop: a request chooses how long its
-    batch computes, so tests can hold the model busy without sleeping anywhere."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])
-    work = helper.make_tensor_value_info("work", TensorProto.INT64, ["batch", 1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])
-    eye = numpy_helper.from_array(np.eye(dim, dtype=np.float32), "eye")
-    body = helper.make_graph(
+def _identity_matmul_body(dim: int):
+    """A Loop body that multiplies its [batch, dim] carry by the identity (`eye`, from the
+    enclosing graph): exact, and as slow as its trip count."""
+    return helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("MatMul", ["carried_in", "eye"], ["carried_out"])],
         "body",
@@ -68,6 +64,16 @@ def slow_graph(dim: int = 512):
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, ["batch", dim])],
     )
+
+
+def slow_graph(dim: int = 512):
+    """y = x, exactly, after max(work) identity MatMuls in a Loop: a request chooses how long its
+    batch computes, so tests can hold the model busy without sleeping anywhere."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])
+    work = helper.make_tensor_value_info("work", TensorProto.INT64, ["batch", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])
+    eye = numpy_helper.from_array(np.eye(dim, dtype=np.float32), "eye")
+    body = _identity_matmul_body(dim)
     nodes = [
         helper.make_node("ReduceMax", ["work"], ["trips"], keepdims=0),
         helper.make_node("Constant", [], ["true"], value=helper.make_tensor("t", TensorProto.BOOL, [], [True])),
@@ -82,16 +88,7 @@ def slow_start_graph(trips: int, dim: int = 64):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])
     eye = numpy_helper.from_array(np.eye(dim, dtype=np.float32), "eye")
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("MatMul", ["carried_in", "eye"], ["carried_out"])],
-        "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("carried_in", TensorProto.FLOAT, ["batch", dim])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, ["batch", dim])],
-    )
+    body = _identity_matmul_body(dim)
     nodes = [
         helper.make_node("Constant", [], ["trips"],
                          value=helper.make_tensor("n", TensorProto.INT64, [], [trips])),

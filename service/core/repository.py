@@ -91,6 +91,38 @@ class LoadOverride:
     config_json: str | None = None
     files: dict[str, bytes] = field(default_factory=dict)
 
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, object], max_file_bytes: int
+                        ) -> LoadOverride | None:
+        """A load request's parameters, as every protocol receives them once decoded: 'config'
+        (a JSON string) and 'file:<version>/<file name>' (bytes). None when there are none."""
+        if not parameters:
+            return None
+        config_json, files, total = None, {}, 0
+        for key, value in parameters.items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise InvalidArgument("parameter 'config': expected a JSON string")
+                config_json = value
+            elif key.startswith("file:"):
+                if not isinstance(value, bytes):
+                    raise InvalidArgument(f"parameter '{key}': expected the file's bytes")
+                files[key[len("file:"):]] = value
+                total += len(value)
+            else:
+                raise InvalidArgument(
+                    f"RepositoryModelLoad: unknown parameter '{key}'; expected 'config' and "
+                    "'file:<version>/<file name>'"
+                )
+        if files and config_json is None:
+            raise InvalidArgument("RepositoryModelLoad: files need a 'config' parameter too")
+        if total > max_file_bytes:
+            raise InvalidArgument(
+                f"RepositoryModelLoad: files total {total} bytes; the limit is "
+                f"{max_file_bytes} (max_load_file_bytes)"
+            )
+        return cls(config_json, files)
+
     def version_files(self, filename: str, policy: VersionPolicy) -> dict[int, bytes]:
         versions = {}
         for key, data in self.files.items():

@@ -1,77 +1,19 @@
-"""API-key authentication, checked in this one interceptor.
-
-Clients send `authorization: Bearer <key>`. Inference keys may call everything but the repository
-RPCs that change what is served; admin keys may call everything. Keys are compared as SHA-256
-digests in constant time and never logged.
-"""
+"""API keys on gRPC: the one rule of service.auth, checked in this interceptor."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from pathlib import Path
-
 import grpc
 
-from service.errors import StartupError
-from service.settings import ServerSettings
+from service.auth import ApiKeys
+from service.errors import ServiceError
+from service.grpc.status import status_of
 
 ADMIN_METHODS = frozenset({
     "/inference.GRPCInferenceService/RepositoryModelLoad",
     "/inference.GRPCInferenceService/RepositoryModelUnload",
 })
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-_BEARER = "bearer "
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def _read_keys(setting: str, path: Path | None) -> list[str]:
-    if path is None:
-        return []
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise StartupError(f"{setting} {path}: {exc.strerror}") from exc
-    return [line.strip() for line in text.splitlines()
-            if line.strip() and not line.startswith("#")]
-
-
-class ApiKeys:
-    def __init__(self, inference: list[str], admin: list[str]):
-        self._inference = [_digest(k) for k in inference]
-        self._admin = [_digest(k) for k in admin]
-
-    @classmethod
-    def from_settings(cls, settings: ServerSettings) -> ApiKeys:
-        return cls(
-            [k.get_secret_value() for k in settings.api_keys]
-            + _read_keys("api_keys_file", settings.api_keys_file),
-            [k.get_secret_value() for k in settings.admin_keys]
-            + _read_keys("admin_keys_file", settings.admin_keys_file),
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._inference or self._admin)
-
-    @staticmethod
-    def _match(digest: bytes, keys: list[bytes]) -> bool:
-        # Compare against every key so timing says nothing about which (if any) matched.
-        found = False
-        for key in keys:
-            found |= hmac.compare_digest(digest, key)
-        return found
-
-    def role(self, presented: str) -> str | None:
-        digest = _digest(presented)
-        if self._match(digest, self._admin):
-            return "admin"
-        if self._match(digest, self._inference):
-            return "inference"
-        return None
+CARRIER = "metadata 'authorization"
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -84,26 +26,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or (self._public_health and method.startswith(PUBLIC_PREFIXES)):
             return handler
-        refusal = self._refusal(method, handler_call_details.invocation_metadata or ())
-        return handler if refusal is None else _refusing(handler, *refusal)
-
-    def _refusal(self, method: str, metadata) -> tuple[grpc.StatusCode, str] | None:
-        values = [v for k, v in metadata if k == "authorization"]
-        if not values:
-            return (grpc.StatusCode.UNAUTHENTICATED,
-                    "missing API key: send metadata 'authorization: Bearer <key>'")
-        header = values[0] if isinstance(values[0], str) else values[0].decode(errors="replace")
-        if not header.lower().startswith(_BEARER):
-            return (grpc.StatusCode.UNAUTHENTICATED,
-                    "authorization metadata must be 'Bearer <key>'")
-        role = self._keys.role(header[len(_BEARER):].strip())
-        if role is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "invalid API key"
-        if method in ADMIN_METHODS and role != "admin":
-            rpc = method.rsplit("/", 1)[-1]
-            return (grpc.StatusCode.PERMISSION_DENIED,
-                    f"{rpc} needs an admin key; this key may only run inference")
-        return None
+        values = [v for k, v in handler_call_details.invocation_metadata or ()
+                  if k == "authorization"]
+        credential = None
+        if values:
+            credential = values[0] if isinstance(values[0], str) else values[0].decode(
+                errors="replace")
+        try:
+            self._keys.authorize(credential, method.rsplit("/", 1)[-1],
+                                 method in ADMIN_METHODS, CARRIER)
+        except ServiceError as refusal:
+            return _refusing(handler, status_of(refusal), refusal.message)
+        return handler
 
 
 def _refusing(handler, code: grpc.StatusCode, message: str):

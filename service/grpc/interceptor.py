@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 import grpc
@@ -17,7 +16,7 @@ from service.core.inference import DRAINING_MESSAGE
 from service.errors import ServiceError
 from service.grpc.calls import CallInfo, current_call
 from service.grpc.status import status_of
-from service.metrics import Metrics
+from service.metrics import CallRecorder, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +29,8 @@ _PASS_THROUGH = ("/grpc.health.v1.", "/grpc.reflection.")
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, draining: Callable[[], bool], metrics: Metrics):
         self._draining = draining
-        self._metrics = metrics
-        self.active_calls = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        # Per-call costs kept off the hot path: wrapped handlers per method, metric children per
-        # label set (label values are bounded: model and version are set only for real models).
-        self._wrapped: dict[str, tuple[object, object]] = {}
-        self._counters: dict[tuple, object] = {}
-        self._latencies: dict[tuple, object] = {}
-
-    async def wait_idle(self) -> None:
-        """Return once no counted call is in flight."""
-        await self._idle.wait()
+        self.calls = CallRecorder(metrics, "grpc")
+        self._wrapped: dict[str, tuple[object, object]] = {}  # wrapped handlers per method
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -99,9 +87,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     async def _begin(self, context) -> CallInfo:
         if self._draining():
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
-        self.active_calls += 1
-        self._idle.clear()
-        info = CallInfo(started=time.perf_counter())
+        info = CallInfo(started=self.calls.begin())
         info.token = current_call.set(info)
         return info
 
@@ -125,16 +111,4 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _end(self, rpc: str, info: CallInfo) -> None:
         current_call.reset(info.token)
-        key = (info.model, info.version, rpc)
-        counter = self._counters.get(key + (info.code,))
-        if counter is None:
-            counter = self._counters[key + (info.code,)] = self._metrics.requests.labels(
-                *key, info.code.name)
-        latency = self._latencies.get(key)
-        if latency is None:
-            latency = self._latencies[key] = self._metrics.request_latency.labels(*key)
-        counter.inc()
-        latency.observe(time.perf_counter() - info.started)
-        self.active_calls -= 1
-        if self.active_calls == 0:
-            self._idle.set()
+        self.calls.end(info.model, info.version, rpc, info.code.name, info.started)

@@ -134,38 +134,11 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request, context):
         self._check_repository(request.repository_name)
         name = validate_model_name(request.model_name)
-        await self._core.load(name, self._override(request.parameters))
+        # Each parameter's own value (config: string_param, files: bytes_param), checked there.
+        values = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                  for key, value in request.parameters.items()}
+        await self._core.load(name, LoadOverride.from_parameters(values, self._max_load_bytes))
         return pb.RepositoryModelLoadResponse()
-
-    def _override(self, parameters) -> LoadOverride | None:
-        """tritonclient's load_model(config=..., files=...) parameters, checked."""
-        if not parameters:
-            return None
-        config_json, files, total = None, {}, 0
-        for key, value in parameters.items():
-            kind = value.WhichOneof("parameter_choice")
-            if key == "config":
-                if kind != "string_param":
-                    raise InvalidArgument("parameter 'config': expected a JSON string")
-                config_json = value.string_param
-            elif key.startswith("file:"):
-                if kind != "bytes_param":
-                    raise InvalidArgument(f"parameter '{key}': expected the file's bytes")
-                files[key[len("file:"):]] = value.bytes_param
-                total += len(value.bytes_param)
-            else:
-                raise InvalidArgument(
-                    f"RepositoryModelLoad: unknown parameter '{key}'; expected 'config' and "
-                    "'file:<version>/<file name>'"
-                )
-        if files and config_json is None:
-            raise InvalidArgument("RepositoryModelLoad: files need a 'config' parameter too")
-        if total > self._max_load_bytes:
-            raise InvalidArgument(
-                f"RepositoryModelLoad: files total {total} bytes; the limit is "
-                f"{self._max_load_bytes} (max_load_file_bytes)"
-            )
-        return LoadOverride(config_json, files)
 
     async def RepositoryModelUnload(self, request, context):
         self._check_repository(request.repository_name)

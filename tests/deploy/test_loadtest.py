@@ -185,9 +185,8 @@ def test_closed_loop_client_reports_calls_cpu_and_server_batches(server, repo):
     inputs, used = make_inputs(signature, 2, "real")
     assert used == "generated"  # not an image input: real data falls back
     body = infer_request_bytes("affine", inputs, signature)
-    probe = harness.Server(server.process, server.grpc_port, server.metrics_port)
     result = harness.closed_loop(server.grpc_address, body, clients=4, batch_size=2,
-                                 seconds=0.5, warmup=0.1, server=probe)
+                                 seconds=0.5, warmup=0.1, server=server)
     assert result.calls > 0 and result.errors == 0
     assert result.items_per_s == result.calls * 2 / 0.5
     assert 0 <= result.client_cpu and result.server_cpu is not None

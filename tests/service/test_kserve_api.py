@@ -308,9 +308,10 @@ def test_metrics_count_by_model_version_rpc_and_code(server, client):
     with pytest.raises(InferenceServerException):
         client.infer("affine", [infer_input("x", np.ones((1, 2), np.float32), "FP32")])
     text = server.metrics_text()
-    assert 'inference_requests_total{code="OK",model="affine",rpc="ModelInfer",version="1"}' in text
-    assert ('inference_requests_total{code="INVALID_ARGUMENT",model="affine",rpc="ModelInfer",'
-            'version="2"}') in text
+    assert ('inference_requests_total{code="OK",model="affine",protocol="grpc",rpc="ModelInfer",'
+            'version="1"}') in text
+    assert ('inference_requests_total{code="INVALID_ARGUMENT",model="affine",protocol="grpc",'
+            'rpc="ModelInfer",version="2"}') in text
     for name in ("inference_request_duration_seconds_bucket", "inference_queue_duration_seconds_bucket",
                  "inference_compute_duration_seconds_bucket", "inference_batch_size_bucket",
                  "inference_inflight_requests", "inference_queue_depth"):

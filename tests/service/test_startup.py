@@ -45,7 +45,7 @@ def quiet_flags(repo: Path, grpc_port: int = 0, metrics_port: int = 0) -> list[s
     """Flags for a start that should fail before serving; warnings only, so that stderr holds
     nothing but the failure line."""
     return ["--models", str(repo), "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
-            "--metrics-port", str(metrics_port), "--log-level", "WARNING"]
+            "--http-port", "0", "--metrics-port", str(metrics_port), "--log-level", "WARNING"]
 
 
 def free_port() -> int:
@@ -202,7 +202,7 @@ def test_grpc_port_opens_only_once_the_startup_models_are_loaded(tmp_path):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--models", str(tmp_path), "--host", "127.0.0.1",
-         "--grpc-port", str(port), "--metrics-port", "0", "--log-format", "json",
+         "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0", "--log-format", "json",
          "--intra-op-threads", "1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     events: dict[str, dict] = {}
