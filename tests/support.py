@@ -15,9 +15,11 @@ from tritonclient.utils import InferenceServerException
 
 
 def expect_error(call, code: str | grpc.StatusCode, *fragments: str) -> str:
-    """`call()` fails with status `code` (a name such as "INVALID_ARGUMENT", or a StatusCode) and
-    a message holding every fragment; returns the message. Takes tritonclient's errors and gRPC's."""
+    """`call()` fails with status `code` (a gRPC name such as "INVALID_ARGUMENT" or a StatusCode;
+    for tritonclient.http, the HTTP status such as "404") and a message holding every fragment;
+    returns the message. Takes tritonclient's errors (both protocols) and gRPC's."""
     name = code if isinstance(code, str) else code.name
+    expected = name if name.isdigit() else f"StatusCode.{name}"
     with pytest.raises((InferenceServerException, grpc.RpcError)) as info:
         call()
     error = info.value
@@ -25,7 +27,7 @@ def expect_error(call, code: str | grpc.StatusCode, *fragments: str) -> str:
         status, message = error.status(), error.message()
     else:
         status, message = f"StatusCode.{error.code().name}", error.details()
-    assert status == f"StatusCode.{name}", f"{status}: {message}"
+    assert status == expected, f"{status}: {message}"
     for fragment in fragments:
         assert fragment in message, message
     return message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ import orjson
 
 from service.auth import ApiKeys
 from service.core.inference import DRAINING_MESSAGE
-from service.errors import InvalidArgument, PayloadTooLarge, ServiceError, Unavailable
+from service.errors import (
+    DeadlineExceeded, InvalidArgument, PayloadTooLarge, ServiceError, Unavailable,
+)
 from service.http.status import RETRY_AFTER_S, error_body, status_of
 from service.metrics import CallRecorder, Metrics
 
@@ -271,6 +274,19 @@ async def _cancelled_on_disconnect(work: Awaitable[Response], receive) -> Respon
         return await task
     finally:
         watcher.cancel()
+
+
+async def within_deadline(deadline: float | None, work: Awaitable, model: str):
+    """Await `work`, cancelling it when the deadline (time.monotonic) passes: HTTP has no timer of
+    its own that would, as gRPC's does, so a request whose deadline passes in the queue leaves it
+    here and never reaches compute."""
+    if deadline is None:
+        return await work
+    try:
+        async with asyncio.timeout(deadline - time.monotonic()):
+            return await work
+    except TimeoutError:
+        raise DeadlineExceeded(f"the deadline passed before model '{model}' answered") from None
 
 
 def _decoded(encoding: str | None, body: bytes, limit: int) -> bytes:

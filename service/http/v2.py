@@ -16,7 +16,9 @@ from service.core.repository import LoadOverride, validate_model_name
 from service.core.triton_config import to_triton
 from service.errors import InvalidArgument
 from service.http import v2_codec as codec
-from service.http.framework import JSON, Request, Response, Router, json_response
+from service.http.framework import (
+    JSON, Request, Response, Router, json_response, within_deadline,
+)
 
 
 def _version(request: Request) -> str:
@@ -133,8 +135,10 @@ class V2Routes:
         request_id = header.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidArgument(f"id: expected a string, got {type(request_id).__name__}")
-        result = await self._core.infer(request.params["model"], _version(request), arrays,
-                                        declared, names, _deadline(header))
+        deadline = _deadline(header)
+        result = await within_deadline(
+            deadline, self._core.infer(request.params["model"], _version(request), arrays,
+                                       declared, names, deadline), request.params["model"])
         model = result.model
         request.note(model.name, model.version_label)
         head = {"model_name": model.name, "model_version": model.version_label}
