@@ -15,10 +15,11 @@ from grpc_reflection.v1alpha import reflection
 
 from service._proto import task_service_pb2 as task_pb2
 from service._proto import task_service_pb2_grpc as task_grpc
+from service.core.config import CudaOptions
 from service.core.inference import InferenceCore
 from service.core.repository import ModelRepository
 from service.core.runtime import RuntimeOptions, choose_provider
-from service.errors import ServiceError
+from service.errors import ModelSkipped, ServiceError
 from service.grpc.auth import ApiKeys, AuthInterceptor
 from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.kserve import SERVICE as KSERVE, KServeServicer
@@ -56,6 +57,10 @@ class InferenceServer:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             graph_optimization=settings.graph_optimization,
+            cuda=CudaOptions(**{name: getattr(settings, f"cuda_{name}")
+                                for name in CudaOptions.model_fields}),
+            sr_tile_size=settings.sr_tile_size,
+            sr_tile_overlap=settings.sr_tile_overlap,
         )
         self.repository = ModelRepository(settings.models, self.provider, options, self.metrics)
         self.core = InferenceCore(self.repository, self.provider, self.metrics)
@@ -129,6 +134,12 @@ class InferenceServer:
         for name in names:
             try:
                 await self.core.load(name)
+            except ModelSkipped as exc:
+                log.info("model '%s' not served on this device: %s", name, exc.message)
+                # Found in the repository but not runnable here (a GPU-only model on a CPU
+                # server): readiness does not wait for it. Named at start, it still counts.
+                if self.settings.startup_models is None:
+                    self.core.startup_models.remove(name)
             except ServiceError as exc:
                 # One broken model must not take the others down: it is reported, not fatal.
                 log.error("model '%s' not served: %s", name, exc.message)

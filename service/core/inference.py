@@ -72,7 +72,9 @@ class InferenceCore:
         self._inflight: dict[str, object] = {}  # gauge children by model: off the hot path
 
     def server_ready(self) -> bool:
-        """Ready when started, not draining, and every model asked for at start is ready."""
+        """Ready when started, not draining, and every model in `startup_models` is ready: those
+        named at start, else every model of the repository except the ones this device cannot run
+        (instance_kind gpu on a CPU server), which the server start takes out of the list."""
         if not self.started or self.draining:
             return False
         ready = set(self.repository.ready_names())
