@@ -50,10 +50,12 @@ $(APT_STAMP): | $(VENV)/bin/python
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	touch $@
 
-# Re-export every trained family from its checkpoint (training/runs/), then evaluate every bundled
-# model through ONNX Runtime (models/EVAL.md). Training commands: training/README.md.
+# Re-export every trained family from its checkpoint (training/runs/), with the int8 and fp16
+# variants; `make eval` then evaluates every bundled model through ONNX Runtime (models/EVAL.md).
+# Training commands: training/README.md.
 export: install-dev proto apt-deps
-	$(PY) -m export all && $(PY) -m export.quantize fashion_cnn
+	$(PY) -m export all && $(PY) -m export.quantize fashion_cnn && \
+	  $(PY) -m export.half fashion_cnn espcn_x2 espcn_x3 espcn_x4
 
 eval: install-dev proto apt-deps
 	$(PY) -m export.evaluate
