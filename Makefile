@@ -69,3 +69,15 @@ clean:
 .PHONY: bench
 bench: install-dev proto
 	$(PY) -m loadtest.bench
+
+# The CUDA path on a lent GPU machine (README.md, "The CUDA path on a lent GPU"): make
+# gpu-check-prepare here, then device calls; the last runs `make gpu-check` (DEVICE=cuda) there.
+# `make gpu-check DEVICE=cpu` rehearses the whole script on this machine; GPU_CHECK_ARGS=--fast
+# shortens it. Figures go to $(OUT) (default loadtest/results/gpu-check-$(DEVICE)/).
+DEVICE ?= cuda
+.PHONY: gpu-check gpu-check-prepare
+gpu-check: $(if $(filter cpu,$(DEVICE)),install-dev proto apt-deps)
+	DEVICE=$(DEVICE) bash deploy/gpu/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-prepare: install-dev proto apt-deps
+	bash deploy/gpu/prepare.sh

@@ -79,11 +79,11 @@ class Server:
 
 
 def start_server(repo: Path, *args: str, pin: list[str] | None = None,
-                 intra_op_threads: int = 1, timeout: float = 120) -> Server:
+                 intra_op_threads: int = 1, timeout: float = 120, device: str = "cpu") -> Server:
     """`python -m service serve` on ports 0, pinned with `pin` (a taskset prefix)."""
     command = [*(pin or []), sys.executable, "-m", "service", "serve", "--models", str(repo),
                "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-               "--log-format", "json", "--device", "cpu",
+               "--log-format", "json", "--device", device,
                "--intra-op-threads", str(intra_op_threads), *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)

@@ -57,8 +57,7 @@ class InferenceServer:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             graph_optimization=settings.graph_optimization,
-            cuda=CudaOptions(**{name: getattr(settings, f"cuda_{name}")
-                                for name in CudaOptions.model_fields}),
+            cuda=CudaOptions.from_settings(settings),
             sr_tile_size=settings.sr_tile_size,
             sr_tile_overlap=settings.sr_tile_overlap,
         )

@@ -189,6 +189,11 @@ class CudaOptions(_Strict):
     enable_cuda_graph: bool | None = None
     """Capture a CUDA graph per warmed-up input shape and replay it; other shapes run normally."""
 
+    @classmethod
+    def from_settings(cls, settings) -> CudaOptions:
+        """The server-wide defaults: ServerSettings' `cuda_<field>` for every field."""
+        return cls(**{name: getattr(settings, f"cuda_{name}") for name in cls.model_fields})
+
 
 class ModelConfig(_Strict):
     name: str | None = None

@@ -51,6 +51,8 @@ WARMUP_VARIABLE_DIM = 16
 # graph id's graph only after regular runs of it (min_num_runs_before_cuda_graph_capture_, 1 or
 # 2 depending on the version), then replays it.
 CUDA_GRAPH_WARMUP_RUNS = 3
+# What ONNX Runtime's session creation says when a model cannot be captured as a CUDA graph.
+GRAPH_REFUSED = "cannot use the graph capture feature"
 
 
 @dataclass(frozen=True)
@@ -296,10 +298,26 @@ class OnnxModel:
         opts.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
         opts.log_severity_level = 3  # warnings from ORT about unused initialisers etc. are noise
         try:
-            self._sessions = [
-                ort.InferenceSession(source, sess_options=opts, providers=providers)
-                for _ in range(config.instance_count)
-            ]
+            try:
+                self._sessions = [
+                    ort.InferenceSession(source, sess_options=opts, providers=providers)
+                    for _ in range(config.instance_count)
+                ]
+            except Exception as exc:
+                # A graph needs every node on the CUDA provider; shape computations that ORT puts
+                # on the CPU rule it out. The model still runs, without graphs.
+                if not self.cuda_options.enable_cuda_graph or GRAPH_REFUSED not in str(exc):
+                    raise
+                log.warning("%s: CUDA graphs are not possible for this model, so it runs "
+                            "without: %s", path, exc)
+                self.cuda_options = self.cuda_options.model_copy(
+                    update={"enable_cuda_graph": False})
+                self.provider_options = cuda_provider_options(self.cuda_options)
+                self._sessions = [
+                    ort.InferenceSession(source, sess_options=opts,
+                                         providers=[(CUDA, self.provider_options), CPU])
+                    for _ in range(config.instance_count)
+                ]
         except Exception as exc:  # ORT raises its own exception types for corrupt graphs
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {exc}") from None
         self.provider = self._sessions[0].get_providers()[0]

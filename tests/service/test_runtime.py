@@ -21,9 +21,7 @@ CPU = ProviderChoice("CPUExecutionProvider", "test")
 
 
 def server_cuda_defaults(**settings) -> CudaOptions:
-    """As the server builds them (service/app.py): every cuda_* setting."""
-    values = ServerSettings(**settings)
-    return CudaOptions(**{name: getattr(values, f"cuda_{name}") for name in CudaOptions.model_fields})
+    return CudaOptions.from_settings(ServerSettings(**settings))
 
 
 def test_server_defaults_become_provider_options():
