@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from service.core.config import (
     CONFIG_FILENAME,
-    InputScaling,
+    PixelScaling,
     ModelConfig,
     TaskKind,
     load_model_config,
@@ -72,12 +72,12 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
-def pixels_to_input(pixels: np.ndarray, s: InputScaling) -> np.ndarray:
+def pixels_to_input(pixels: np.ndarray, s: PixelScaling) -> np.ndarray:
     """uint8 [N, H, W] -> FP32 [N, 1, H, W] as (pixel * scale - mean) / std."""
     return ((pixels.astype(np.float32) * s.scale - s.mean) / s.std)[:, None].astype(np.float32)
 
 
-def output_to_pixels(out: np.ndarray, s: InputScaling) -> np.ndarray:
+def output_to_pixels(out: np.ndarray, s: PixelScaling) -> np.ndarray:
     """Inverse mapping for image outputs: pixel = (out * std + mean) / scale, as float."""
     return (out.astype(np.float64) * s.std + s.mean) / s.scale
 
@@ -179,7 +179,7 @@ def eval_classifier(m: Bundled, ctx: Context) -> None:
     m.metrics["test_accuracy"] = accuracy(probs, ctx.test_labels)
 
 
-def _reconstruct_mse(out: np.ndarray, pixels: np.ndarray, scaling: InputScaling) -> float:
+def _reconstruct_mse(out: np.ndarray, pixels: np.ndarray, scaling: PixelScaling) -> float:
     recon = np.clip(output_to_pixels(out, scaling), 0, 255) / 255.0
     return float(np.mean((recon[:, 0] - pixels / 255.0) ** 2))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from export.onnx_export import PIXEL_01, PIXEL_TANH, TensorIO, export_model
-from service.core.config import InputScaling, TaskKind, TaskMetadata
+from service.core.config import PixelScaling, TaskKind, TaskMetadata
 from training import common
 
 FASHION = "Fashion-MNIST (60,000 train / 10,000 test, 28x28 grey)"
@@ -42,7 +42,7 @@ def export_classifier(ckpt: Path, models_dir: Path, data_dir=None) -> list[dict]
         kind=TaskKind.CLASSIFIER,
         labels=common.FASHION_MNIST_LABELS,
         num_classes=10,
-        input_scaling=InputScaling(scale=1 / 255, mean=cfg["mean"], std=cfg["std"]),
+        input_scaling=PixelScaling(scale=1 / 255, mean=cfg["mean"], std=cfg["std"]),
         color_mode="grey",
     )
     what = (

@@ -21,7 +21,7 @@ import yaml
 from service.core.config import (
     CONFIG_FILENAME,
     DynamicBatching,
-    InputScaling,
+    PixelScaling,
     ModelConfig,
     TaskMetadata,
     TensorSpec,
@@ -195,5 +195,5 @@ def export_model(
     return report
 
 
-PIXEL_01 = InputScaling(scale=1 / 255, mean=0.0, std=1.0)
-PIXEL_TANH = InputScaling(scale=1 / 255, mean=0.5, std=0.5)
+PIXEL_01 = PixelScaling(scale=1 / 255, mean=0.0, std=1.0)
+PIXEL_TANH = PixelScaling(scale=1 / 255, mean=0.5, std=0.5)

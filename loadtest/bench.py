@@ -194,7 +194,7 @@ def main() -> int:
         names = [arg for m in (cnn, sr) if m for arg in ("--model", m.name)]
         server = harness.start_server(repo, *names, pin=pin)
         try:
-            addr = server.address
+            addr = server.grpc_address
             # 1. one client, 64 items per request
             cnn_ceiling.update(ceiling(pin, cnn, [64], ceiling_s))
             r = served(addr, payload(cnn, 64), 1, 64, seconds, server)
@@ -251,14 +251,14 @@ def main() -> int:
             table.add(f"5 rss run {rss_seconds:.0f}s", cnn.name, long_run, None)
             rss_end = server.rss_mib()
         finally:
-            server.stop()
+            server.terminate()
 
         server = harness.start_server(off_repo, "--model", cnn.name, pin=pin)
         try:
-            off = served(server.address, body, 32, 1, seconds, server)
+            off = served(server.grpc_address, body, 32, 1, seconds, server)
             table.add("4 batching off (32x1)", cnn.name, off, cnn_ceiling[32])
         finally:
-            server.stop()
+            server.terminate()
 
     # The best this layout allows: if serving cost nothing beyond bare gRPC calls and every
     # batch were 32, each item would cost one bare call plus its share of a batch-32 run.

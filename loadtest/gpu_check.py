@@ -42,11 +42,12 @@ import numpy as np
 import yaml
 
 from loadtest import harness
+from service import launcher
 from loadtest.payloads import (
     MODEL_INFER, SR_PHOTO, infer_request_bytes, make_inputs, signature_from_config,
 )
 
-ROOT = harness.ROOT
+ROOT = launcher.ROOT
 MODELS = ROOT / "models"
 TESTS = [
     "tests/test_bundled_models.py",
@@ -189,7 +190,7 @@ def cnn_variant(server, repo: Path, name: str, device: str, seconds: float, pair
         model.run(0, limit_inputs)
         served, limit = [], []
         for i in range(pairs):
-            served.append(harness.closed_loop(server.address, body, clients, batch, window,
+            served.append(harness.closed_loop(server.grpc_address, body, clients, batch, window,
                                               0.5 if i == 0 else 0.1, server=server))
             limit.append(summary(timed_loop(lambda: model.run(0, limit_inputs), window),
                                  clients * batch))
@@ -246,7 +247,7 @@ def bench_sr(server, repo: Path, device: str, size: tuple[int, int], images: int
              "rows": tile_windows(height, settings.sr_tile_size, settings.sr_tile_overlap),
              "cols": tile_windows(width, settings.sr_tile_size, settings.sr_tile_overlap)}
     figures = {}
-    with TaskClient(server.address, timeout=600) as client:
+    with TaskClient(server.grpc_address, timeout=600) as client:
         for off in (name for name in SR if not name.endswith("_graphs")):
             names = (off, off + "_graphs")
             pair = guarded(log, off, sr_pair, client, repo, device, names, image, images)
@@ -350,7 +351,7 @@ def shapes_pair(server, repo: Path, names: tuple[str, str], shapes: int) -> dict
             body = infer_request_bytes(name, inputs, signature)
             order.append(name)
             bodies += [body, body]  # the first of a new shape, then a repeat of it
-    latencies = asyncio.run(_latencies(server.address, bodies))
+    latencies = asyncio.run(_latencies(server.grpc_address, bodies))
     figures = {}
     for name in names:
         mine = [k for k, n in enumerate(order) if n == name]
@@ -364,8 +365,9 @@ def run_bench(device: str, seconds: float, pairs: int, size: tuple[int, int], sr
               shapes: int, log) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-bench-") as tmp:
         repo = bench_repository(Path(tmp), device)
-        server = harness.start_server(repo, device=device,
-                                      intra_op_threads=1 if device == "cpu" else 0, timeout=600)
+        server = launcher.start_server(
+            repo, "--device", device, "--intra-op-threads", "1" if device == "cpu" else "0",
+            timeout=600)
         try:
             started = time.monotonic()
             bench = {"cnn": bench_cnn(server, repo, device, seconds, pairs, log),
@@ -373,8 +375,8 @@ def run_bench(device: str, seconds: float, pairs: int, size: tuple[int, int], sr
                      "new_shapes": bench_new_shapes(server, repo, shapes, log)}
             bench["seconds"] = round(time.monotonic() - started, 1)
         finally:
-            code = server.stop()
-            errors = [m.get("message", "") for m in server.log if m.get("level") == "ERROR"]
+            code = server.terminate()
+            errors = [m.get("message", "") for m in server.log_lines if m.get("level") == "ERROR"]
             if errors or code:
                 log(f"bench server exit {code}; errors: {errors[:20]}")
     return bench

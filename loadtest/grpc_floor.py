@@ -69,10 +69,10 @@ def main() -> None:
         try:
             server = harness.Server(process, grpc_port=int(process.stdout.readline()))
             for clients in (1, 32):
-                harness.closed_loop(server.address, b"y", clients, 1, 1.0, warmup=0.0,
+                harness.closed_loop(server.grpc_address, b"y", clients, 1, 1.0, warmup=0.0,
                                     method=METHOD)
                 cpu = server.cpu_seconds()
-                result = harness.closed_loop(server.address, b"y" * 100, clients, 1, 4.0,
+                result = harness.closed_loop(server.grpc_address, b"y" * 100, clients, 1, 4.0,
                                              warmup=0.0, method=METHOD)
                 # The echo server has no metrics endpoint: its CPU is read around the run, which
                 # also counts the one connecting call closed_loop makes first.

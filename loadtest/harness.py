@@ -4,24 +4,17 @@ and readings of the server's own metrics, CPU time and memory."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from loadtest.payloads import MODEL_INFER
-
-ROOT = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from service import launcher
+from service.launcher import ROOT, ServerProcess as Server, histogram_totals
 
 
 def cores() -> tuple[list[str], list[str]]:
@@ -33,98 +26,11 @@ def cores() -> tuple[list[str], list[str]]:
     return ["taskset", "-c", str(available[0])], available[1:]
 
 
-def stat_cpu_seconds(stat: str) -> float:
-    """User plus system CPU seconds from a /proc/<pid>[/task/<tid>]/stat line."""
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    grpc_port: int = 0
-    metrics_port: int = 0
-    log: list[dict] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=10) as response:
-            return response.read().decode()
-
-    def cpu_seconds(self) -> float:
-        return stat_cpu_seconds(Path(f"/proc/{self.pid}/stat").read_text())
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
 def start_server(repo: Path, *args: str, pin: list[str] | None = None,
-                 intra_op_threads: int = 1, timeout: float = 120, device: str = "cpu") -> Server:
-    """`python -m service serve` on ports 0, pinned with `pin` (a taskset prefix)."""
-    command = [*(pin or []), sys.executable, "-m", "service", "serve", "--models", str(repo),
-               "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-               "--log-format", "json", "--device", device,
-               "--intra-op-threads", str(intra_op_threads), *args]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    server = Server(process)
-    ready = threading.Event()
-
-    def drain():
-        for raw in process.stderr:
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                line = {"message": raw.rstrip()}
-            server.log.append(line)
-            if line.get("event") == "serving":
-                server.grpc_port, server.metrics_port = line["grpc_port"], line["metrics_port"]
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not ready.wait(timeout) or not server.grpc_port:
-        process.kill()
-        raise RuntimeError("server did not start: "
-                           + " | ".join(m.get("message", "") for m in server.log[-10:]))
-    return server
-
-
-def histogram_totals(text: str, name: str, **labels) -> tuple[float, float]:
-    """(sum, count) of one histogram over every series matching `labels`."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = count = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != name:
-            continue
-        for sample in family.samples:
-            if all(sample.labels.get(k) == v for k, v in labels.items()):
-                if sample.name == name + "_sum":
-                    total += sample.value
-                elif sample.name == name + "_count":
-                    count += sample.value
-    return total, count
+                 intra_op_threads: int = 1, timeout: float = 120) -> Server:
+    """A server on the CPU provider (what every ceiling is measured on), pinned with `pin`."""
+    return launcher.start_server(repo, "--device", "cpu", "--intra-op-threads",
+                                 str(intra_op_threads), *args, pin=pin, timeout=timeout)
 
 
 @dataclass

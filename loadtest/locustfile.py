@@ -14,10 +14,11 @@ ReconstructUser (.../Reconstruct)             autoencoder             images per
 
 Without class names on the command line ModelInferUser runs alone, as before the task users
 existed. A task user asks DescribeModel for the model's task kind first; a model of the wrong kind
-(or no task stubs: `make proto`) stops it with the reason logged once, and a headless run then
-quits with exit code 1. `--payload real` sends Fashion-MNIST test images (SuperResolveUser: a photo,
-`--task-photo`, centre-cropped to `--image-size`), `generated` random pixels; Generate sends no
-image. `--task-image-format` sets how images travel both ways (raw pixels or PNG).
+(or no task stubs: `make proto`), or a model the server does not have, stops it with the reason
+logged once, and a headless run then quits with exit code 1 (under `--processes`, the master
+too). `--payload real` sends Fashion-MNIST test images (SuperResolveUser: a photo, `--task-photo`,
+centre-cropped to `--image-size`), `generated` random pixels; Generate sends no image.
+`--task-image-format` sets how images travel both ways (raw pixels or PNG).
 
 Every option has an environment variable (LOADTEST_MODEL, LOADTEST_BATCH_SIZE, LOADTEST_PAYLOAD,
 LOADTEST_DEADLINE_MS, LOADTEST_MAX_REQUESTS, LOADTEST_IMAGE_SIZE, LOADTEST_TASK_IMAGE_FORMAT,
@@ -40,7 +41,7 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, task
 from locust.exception import StopUser
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.grpc import service_pb2
 
 grpc_gevent.init_gevent()
@@ -104,6 +105,54 @@ def _default_users(environment, **_kwargs):
                                    if not issubclass(u, TaskUser)]
 
 
+# A worker's users were refused: it tells its master, which owns the run and its exit code.
+REFUSED_MESSAGE = "onnxserve_refused"
+
+
+@events.init.add_listener
+def _distributed(environment, **_kwargs):
+    """Under --processes (or --master/--worker) the master's exit code is the run's: it never reads
+    its workers'. So a worker reports refusals to the master, and sends its last stats (failures
+    included) before it quits by itself (--max-requests): Locust sends a worker's final report only
+    when the master ends the run. This quitting listener runs before the runner's own, which tells
+    the master that the worker quit (quitting fires its listeners newest first)."""
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message(
+            REFUSED_MESSAGE, lambda environment, msg, **_: _report_refusal(environment, msg.data))
+    elif isinstance(runner, WorkerRunner):
+        environment.events.quitting.add_listener(_send_last_stats)
+
+
+def _send_last_stats(environment, **_kwargs):
+    # What WorkerRunner does on the master's quit, through its public events and send_message.
+    # Reports reset the stats they carry, so a second one (after the master's quit) is empty.
+    runner, report = environment.runner, {}
+    environment.events.report_to_master.fire(client_id=runner.client_id, data=report)
+    runner.send_message("stats", report)
+
+
+_refusals: set[str] = set()  # reported by this process
+
+
+def _report_refusal(environment, refusal: str) -> None:
+    """Once per process and refusal: a worker passes it to its master; a master or a lone process
+    logs it and, when headless, quits with exit code 1 rather than sit idle or count failures until
+    its time is up (a master's quit ends its workers too)."""
+    if refusal in _refusals:
+        return
+    first = not _refusals
+    _refusals.add(refusal)
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.send_message(REFUSED_MESSAGE, refusal)
+        return
+    logging.error("%s", refusal)
+    if first and environment.parsed_options.headless:
+        environment.process_exit_code = 1
+        gevent.spawn(runner.quit)
+
+
 def _target(host: str) -> str:
     for prefix in ("grpc://", "http://"):
         if host.startswith(prefix):
@@ -123,7 +172,6 @@ class GrpcUser(User):
     wait_time = constant(0)
 
     sent = 0  # per load process, whichever users send, for --max-requests
-    _reasons_logged: set[str] = set()
 
     def on_start(self):
         self.channel = grpc.insecure_channel(
@@ -144,16 +192,10 @@ class GrpcUser(User):
         raise NotImplementedError
 
     def refuse(self, reason: str) -> None:
-        """Log why once per process and stop at the first task (StopUser raised in on_start would
-        log a traceback per user); a headless run quits with exit code 1 rather than sit idle or
-        count failures until its time is up."""
+        """Stop at the first task (StopUser raised in on_start would log a traceback per user),
+        with the reason reported once (`_report_refusal`)."""
         self.refused = True
-        if reason not in GrpcUser._reasons_logged:
-            GrpcUser._reasons_logged.add(reason)
-            logging.error("%s: %s", type(self).__name__, reason)
-        if self.environment.parsed_options.headless:
-            self.environment.process_exit_code = 1
-            gevent.spawn(self.environment.runner.quit)
+        _report_refusal(self.environment, f"{type(self).__name__}: {reason}")
 
     def on_stop(self):
         self.channel.close()
@@ -188,10 +230,15 @@ class ModelInferUser(GrpcUser):
     """`ModelInfer` (tensor API) with raw contents; the request is built once and sent as bytes."""
 
     def prepare(self, options):
-        metadata = self.channel.unary_unary(
-            MODEL_METADATA, request_serializer=service_pb2.ModelMetadataRequest.SerializeToString,
-            response_deserializer=service_pb2.ModelMetadataResponse.FromString,
-        )(service_pb2.ModelMetadataRequest(name=options.model), timeout=10)
+        try:
+            metadata = self.channel.unary_unary(
+                MODEL_METADATA,
+                request_serializer=service_pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=service_pb2.ModelMetadataResponse.FromString,
+            )(service_pb2.ModelMetadataRequest(name=options.model), timeout=10)
+        except grpc.RpcError as exc:
+            raise Refused(f"ModelMetadata('{options.model}') failed: {exc.code().name}: "
+                          f"{exc.details()}") from None
         signature = signature_from_metadata(metadata)
         inputs, payload = make_inputs(signature, options.batch_size, options.payload,
                                       options.image_size)

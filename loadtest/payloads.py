@@ -18,16 +18,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+from service.core.datatypes import DATATYPES
+
+# Where Debian's dataset-fashion-mnist puts the files (the Makefile's apt list; the compose Locust
+# image copies the test images there too).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST))
 # Super-resolution's real payload: a photo of the Set5 test set in the checkout's shared data, read
 # where it lies (the load generator's --task-photo points elsewhere).
 SR_PHOTO = Path(__file__).resolve().parents[2] / "shared/data/sr/test/Set5/baby.png"
-
-NUMPY = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def make_inputs(
     for spec in signature.inputs:
         dims = [d if d > 0 else image_size for d in spec.shape]
         shape = ([batch_size] if signature.batched else []) + dims
-        dtype = NUMPY[spec.datatype]
+        dtype = DATATYPES[spec.datatype].numpy
         if payload == "real" and tuple(spec.shape[-2:]) == (28, 28) and dtype == np.float32:
             images = fashion_mnist_images(max(batch_size, 1))
             if images is not None:
@@ -146,23 +145,22 @@ def _scale(pixels: np.ndarray, scaling: dict | None) -> np.ndarray:
     return (scaled - scaling.get("mean", 0.0)) / scaling.get("std", 1.0)
 
 
-def infer_request_bytes(model: str, inputs: dict[str, np.ndarray], signature: Signature) -> bytes:
+def infer_request_bytes(model: str, inputs: dict[str, np.ndarray],
+                        signature: Signature | None = None) -> bytes:
     """A serialised ModelInferRequest with raw contents: a load generator sends these bytes as they
-    are, so its own per-call cost stays out of the measurement."""
+    are, so its own per-call cost stays out of the measurement. Each input's datatype is its
+    array's; with a signature, every output is requested by name."""
     from tritonclient.grpc import service_pb2
 
+    by_numpy = {row.numpy: name for name, row in DATATYPES.items()}
     request = service_pb2.ModelInferRequest(model_name=model)
     for name, array in inputs.items():
-        tensor = request.inputs.add(name=name, datatype=_datatype(signature, name))
+        tensor = request.inputs.add(name=name, datatype=by_numpy[array.dtype])
         tensor.shape.extend(array.shape)
         request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
-    for spec in signature.outputs:
+    for spec in signature.outputs if signature else ():
         request.outputs.add(name=spec.name)
     return request.SerializeToString()
-
-
-def _datatype(signature: Signature, name: str) -> str:
-    return next(s.datatype for s in signature.inputs if s.name == name)
 
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"

@@ -71,7 +71,7 @@ def summarise(raw: Path) -> list[tuple[str, float]]:
 
 
 def per_call(server: harness.Server, body: bytes, method: str, seconds: float, model: str = ""):
-    r = harness.closed_loop(server.address, body, 1, 1, seconds, 0.5, server=server,
+    r = harness.closed_loop(server.grpc_address, body, 1, 1, seconds, 0.5, server=server,
                             method=method)
     cpu_us = r.server_cpu / r.calls_per_s * 1e6 if r.calls else float("nan")
     compute_us = r.mean_ms("inference_compute_duration_seconds", model) * 1000 if model else 0.0
@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> None:
 
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
         body = payload(model_dir, args.batch_size)
-        harness.closed_loop(server.address, body, args.clients, args.batch_size, 1.0, 0.2)
+        harness.closed_loop(server.grpc_address, body, args.clients, args.batch_size, 1.0, 0.2)
         record = subprocess.Popen(
             [spy, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
              "--rate", "1000", "--gil", "--nonblocking", "--format", "raw", "-o", str(args.out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        r = harness.closed_loop(server.address, body, args.clients, args.batch_size,
+        r = harness.closed_loop(server.grpc_address, body, args.clients, args.batch_size,
                                 args.seconds + 0.5, 0.0, server=server)
         record.wait()
         print(f"\n{args.clients} clients x batch {args.batch_size}: {r.items_per_s:.0f} items/s, "
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, share in summarise(args.out):
             print(f"  {share * 100:5.1f}%  {name}")
     finally:
-        server.stop()
+        server.terminate()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import random
 import shutil
 import sys
@@ -34,8 +33,8 @@ import numpy as np
 import yaml
 
 from loadtest.harness import ROOT, Server, start_server
+from loadtest.payloads import MODEL_INFER, classify_request_bytes, infer_request_bytes, task_messages
 
-MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 CLASSIFY = "/onnxserve.task.v1.TaskService/Classify"
 
 
@@ -96,49 +95,27 @@ class Variant:
     weight: int
 
 
-def infer_bytes(model: str, input_name: str, x: np.ndarray) -> bytes:
-    # tritonclient's stubs have the same wire format as the service's (see loadtest/payloads.py).
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name=input_name, datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(x.astype(np.float32).tobytes())
-    return request.SerializeToString()
-
-
-def classify_bytes(model: str, images: int, rng: np.random.Generator) -> bytes:
-    from PIL import Image
-
-    from service._proto import task_service_pb2 as pb
-
-    request = pb.ClassifyRequest(model=model, top_k=3)
-    for _ in range(images):
-        buffer = io.BytesIO()
-        pixels = rng.integers(0, 256, (28, 28), np.uint8)
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        request.images.add(encoded=buffer.getvalue())
-    return request.SerializeToString()
-
-
 def request_mix(models: list[str], seed: int) -> list[Variant]:
     rng = np.random.default_rng(seed)
     mix = []
     for batch, weight in ((1, 4), (4, 2), (16, 1)):
         x = rng.standard_normal((batch, 64)).astype(np.float32)
-        mix.append(Variant(f"mlp_small x{batch}", MODEL_INFER, infer_bytes("mlp_small", "x", x),
+        mix.append(Variant(f"mlp_small x{batch}", MODEL_INFER, infer_request_bytes("mlp_small", {"x": x}),
                            weight))
     for batch, weight in ((1, 2), (8, 1)):
         x = rng.standard_normal((batch, 1024)).astype(np.float32)
-        mix.append(Variant(f"mlp_large x{batch}", MODEL_INFER, infer_bytes("mlp_large", "x", x),
+        mix.append(Variant(f"mlp_large x{batch}", MODEL_INFER, infer_request_bytes("mlp_large", {"x": x}),
                            weight))
     if "fashion_mlp" in models:
         for batch, weight in ((1, 2), (32, 1)):
             x = rng.random((batch, 1, 28, 28)).astype(np.float32)
             mix.append(Variant(f"fashion_mlp x{batch}", MODEL_INFER,
-                               infer_bytes("fashion_mlp", "images", x), weight))
+                               infer_request_bytes("fashion_mlp", {"images": x}), weight))
         for images, weight in ((1, 2), (4, 1)):
+            pixels = rng.integers(0, 256, (images, 28, 28, 1), np.uint8)
             mix.append(Variant(f"Classify fashion_mlp {images} PNG", CLASSIFY,
-                               classify_bytes("fashion_mlp", images, rng), weight))
+                               classify_request_bytes(task_messages(), "fashion_mlp", pixels,
+                                                      "png"), weight))
     return mix
 
 
@@ -299,7 +276,7 @@ def report_window(window: Window, window_s: float, first: Window) -> None:
 async def run(args, server: Server, mix: list[Variant]) -> int:
     options = [("grpc.max_receive_message_length", 64 << 20),
                ("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(server.address, options=options) as channel:
+    async with grpc.aio.insecure_channel(server.grpc_address, options=options) as channel:
         load = Load(channel, mix, args.seed, args.timeout)
         for variant in mix:  # every variant works before anything is measured
             if not await load.call(variant, None):
@@ -375,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             status = asyncio.run(run(args, server, mix))
         finally:
-            code = server.stop()
+            code = server.terminate()
         print(f"server exited with {code}")
         return status if code == 0 else 1
     finally:

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         names = [arg for m in present for arg in ("--model", m)]
         server = harness.start_server(args.repository, *names, pin=server_pin)
-        address = server.address
+        address = server.grpc_address
         metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         notes.append("server: `python -m service serve --intra-op-threads 1` pinned with "
                      f"`{' '.join(server_pin) or 'nothing (one core)'}`; Locust pinned with "
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{fmt(s.client_cpu, 2)}", flush=True)
     finally:
         if server is not None:
-            server.stop()
+            server.terminate()
     load_after = os.getloadavg()
     notes.append(
         f"host load average (1, 5, 15 min) {', '.join(f'{v:.1f}' for v in load_before)} at the "

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from loadtest import harness
+from service.launcher import stat_cpu_seconds
 from loadtest.bench import payload
 
 
@@ -31,7 +32,7 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
         except FileNotFoundError:  # the thread ended meanwhile
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
-        threads[int(task.name)] = (name, harness.stat_cpu_seconds(stat))
+        threads[int(task.name)] = (name, stat_cpu_seconds(stat))
     return threads
 
 
@@ -56,10 +57,10 @@ def main(argv: list[str]) -> None:
         names = python_names(server.pid)
         for model, clients, batch in specs:
             body = payload(repo / model, int(batch))
-            harness.closed_loop(server.address, body, int(clients), int(batch), 2.0,
+            harness.closed_loop(server.grpc_address, body, int(clients), int(batch), 2.0,
                                 server=server)
             before = thread_cpu(server.pid)
-            result = harness.closed_loop(server.address, body, int(clients), int(batch), 6.0,
+            result = harness.closed_loop(server.grpc_address, body, int(clients), int(batch), 6.0,
                                          warmup=0.0, server=server)
             after = thread_cpu(server.pid)
             print(f"{model} {clients} clients x {batch} items: {result.items_per_s:.0f} items/s, "
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> None:
                     label = "main" if tid == server.pid else names.get(tid, name)
                     print(f"    {label:<28} {spent / result.calls * 1e6:>9.0f} us")
     finally:
-        server.stop()
+        server.terminate()
 
 
 if __name__ == "__main__":

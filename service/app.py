@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
+import errno
 import logging
 import signal
+import socket
+from pathlib import Path
 
 import grpc
-import prometheus_client
-from PIL import Image
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -19,7 +19,7 @@ from service.core.config import CudaOptions
 from service.core.inference import InferenceCore
 from service.core.repository import ModelRepository
 from service.core.runtime import RuntimeOptions, choose_provider
-from service.errors import ModelSkipped, ServiceError
+from service.errors import StartupError
 from service.grpc.auth import ApiKeys, AuthInterceptor
 from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.kserve import SERVICE as KSERVE, KServeServicer
@@ -46,10 +46,6 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings):
         self.settings = settings
-        prometheus_client.disable_created_metrics()  # *_created series only add scrape weight
-        # Our own, configurable limit (max_image_pixels) is checked from each image's header;
-        # Pillow's global bomb check would answer with its own message and limit instead.
-        Image.MAX_IMAGE_PIXELS = None
         self.metrics = Metrics()
         self.provider = choose_provider(settings.device)
         log.info("execution provider: %s (%s)", self.provider.provider, self.provider.reason)
@@ -61,8 +57,8 @@ class InferenceServer:
             sr_tile_size=settings.sr_tile_size,
             sr_tile_overlap=settings.sr_tile_overlap,
         )
-        self.repository = ModelRepository(settings.models, self.provider, options, self.metrics)
-        self.core = InferenceCore(self.repository, self.provider, self.metrics)
+        repository = ModelRepository(settings.models, self.provider, options, self.metrics)
+        self.core = InferenceCore(repository, self.provider, self.metrics)
         self.tasks = TaskCore(self.core, TaskLimits(
             max_images=settings.max_images_per_request,
             max_generate_count=settings.max_generate_count,
@@ -72,7 +68,7 @@ class InferenceServer:
         ))
         self.health = health.aio.HealthServicer()
         self.core.readiness_listeners.append(self._model_health)
-        self.interceptor = ServiceInterceptor(self.core, self.metrics)
+        self.interceptor = ServiceInterceptor(lambda: self.core.draining, self.metrics)
         self.keys = ApiKeys.from_settings(settings)
         interceptors = [self.interceptor]
         if self.keys.enabled:
@@ -81,7 +77,10 @@ class InferenceServer:
 
         limit = settings.max_message_bytes
         options = [("grpc.max_receive_message_length", limit),
-                   ("grpc.max_send_message_length", limit)]
+                   ("grpc.max_send_message_length", limit),
+                   # gRPC turns SO_REUSEPORT on by default: a second server on a busy port would
+                   # then start and take a share of the connections, silently.
+                   ("grpc.so_reuseport", int(settings.reuse_port))]
         if settings.max_connection_age_s:
             age_ms = int(settings.max_connection_age_s * 1000)
             # GOAWAY after the age; calls still running get the drain grace to finish.
@@ -101,60 +100,47 @@ class InferenceServer:
              reflection.SERVICE_NAME],
             self.grpc_server,
         )
+        self._credentials = self._tls_credentials()
         self.grpc_port = 0
         self.metrics_port = 0
         self._metrics_http = None
 
     async def start(self) -> None:
-        """Bind ports, load the startup models, then report SERVING."""
-        await self.health.set("", NOT_SERVING)
-        await self.health.set(KSERVE_SERVICE, NOT_SERVING)
-        await self.health.set(TASK_SERVICE, NOT_SERVING)
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
-        credentials = self._tls_credentials()
-        if credentials is None:
-            self.grpc_port = self.grpc_server.add_insecure_port(address)
-        else:
-            self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC address {address}")
+        """Open the metrics port, load the startup models, then open the gRPC port and report
+        SERVING. The gRPC port opens last (as Triton's do): until then connections are refused,
+        so a proxy's passive checks or a DNS-balancing client never send calls to a server that
+        cannot answer them; /metrics is up throughout to watch the loading."""
+        settings = self.settings
         authorize = None
-        if self.keys.enabled and not self.settings.public_health:
+        if self.keys.enabled and not settings.public_health:
             authorize = self._authorized_scrape
-        self._metrics_http, self.metrics_port = self.metrics.serve_http(
-            self.settings.host, self.settings.metrics_port, authorize
-        )
-        await self.grpc_server.start()
+        try:
+            self._metrics_http, self.metrics_port = self.metrics.serve_http(
+                settings.host, settings.metrics_port, authorize)
+        except OSError as exc:
+            raise _bind_error("metrics", settings.host, settings.metrics_port, exc) from exc
+        if not settings.reuse_port:
+            _check_port_free("gRPC", settings.host, settings.grpc_port)  # fail before loading
+        log.info("loading models: metrics_port=%d (the gRPC port opens once they are loaded)",
+                 self.metrics_port, extra={"event": "loading", "metrics_port": self.metrics_port})
+        await self.core.start(settings.startup_models)
 
-        names = self.settings.startup_models
-        if names is None:
-            names = self.repository.available_names()
-        self.core.startup_models = list(names)
-        for name in names:
-            try:
-                await self.core.load(name)
-            except ModelSkipped as exc:
-                log.info("model '%s' not served on this device: %s", name, exc.message)
-                # Found in the repository but not runnable here (a GPU-only model on a CPU
-                # server): readiness does not wait for it. Named at start, it still counts.
-                if self.settings.startup_models is None:
-                    self.core.startup_models.remove(name)
-            except ServiceError as exc:
-                # One broken model must not take the others down: it is reported, not fatal.
-                log.error("model '%s' not served: %s", name, exc.message)
-        self.core.started = True
-        # Everything built so far (modules, descriptors, sessions) lives as long as the process:
-        # move it out of the collector's generations so full collections under load skip it
-        # (reference counting still frees what is dropped later, e.g. on unload).
-        gc.collect()
-        gc.freeze()
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            if self._credentials is None:
+                self.grpc_port = self.grpc_server.add_insecure_port(address)
+            else:
+                self.grpc_port = self.grpc_server.add_secure_port(address, self._credentials)
+        except RuntimeError as exc:  # grpc's "Failed to bind to address"
+            raise StartupError(f"cannot bind the gRPC port {address}: in use, or not an "
+                               "address of this host") from exc
         status = SERVING if self.core.server_ready() else NOT_SERVING
         for service in ("", KSERVE_SERVICE, TASK_SERVICE):
             await self.health.set(service, status)
+        await self.grpc_server.start()
         log.info(
             "serving: grpc_port=%d metrics_port=%d models=%s ready=%s",
-            self.grpc_port, self.metrics_port, self.repository.ready_names(),
-            self.core.server_ready(),
+            self.grpc_port, self.metrics_port, self.core.ready_names(), self.core.server_ready(),
             extra={"event": "serving", "grpc_port": self.grpc_port,
                    "metrics_port": self.metrics_port},
         )
@@ -163,12 +149,12 @@ class InferenceServer:
         settings = self.settings
         if settings.tls_cert_file is None:
             return None
-        if settings.tls_key_file is None:
-            raise ValueError("tls_cert_file is set but tls_key_file is not")
-        client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+        client_ca = (_read("tls_client_ca_file", settings.tls_client_ca_file)
+                     if settings.tls_client_ca_file else None)
         log.info("gRPC over TLS%s", " with client certificates required" if client_ca else "")
         return grpc.ssl_server_credentials(
-            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+            [(_read("tls_key_file", settings.tls_key_file),
+              _read("tls_cert_file", settings.tls_cert_file))],
             root_certificates=client_ca, require_client_auth=client_ca is not None,
         )
 
@@ -187,7 +173,7 @@ class InferenceServer:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish (up to
         `grace` seconds), then close the server and the models."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        self.core.draining = True
+        self.core.begin_drain()
         await self.health.enter_graceful_shutdown()  # watchers see NOT_SERVING first
         log.info("draining: %d call(s) in flight", self.interceptor.active_calls)
         # Stop at once, with a grace period: gRPC sends GOAWAY, so clients stop opening calls here
@@ -200,18 +186,49 @@ class InferenceServer:
         except TimeoutError:
             log.warning("grace period over with %d call(s) in flight", self.interceptor.active_calls)
         await stopped
-        await self.repository.close()
+        await self.core.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         log.info("stopped")
 
-    async def run_until_signal(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then drain and stop."""
+    async def serve_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and stop."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
         await stop.wait()
         log.info("signal received; shutting down")
         await self.stop()
+
+
+def _read(setting: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"{setting} {path}: {exc.strerror}") from exc
+
+
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"the {what} port {port} on {host} is in use by another process "
+                            f"(choose another with --{what.lower()}-port, or 0 for any free one)")
+    return StartupError(f"cannot bind the {what} port {port} on {host}: {exc.strerror or exc}")
+
+
+def _check_port_free(what: str, host: str, port: int) -> None:
+    """Bind and release the port: a busy one is an error now, not after every model loaded."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"host {host!r}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise _bind_error(what, host, port, exc) from exc

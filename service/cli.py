@@ -1,6 +1,10 @@
-"""Command line: `python -m service serve [flags]` (also installed as `serve`).
+"""Command line: `onnx-serve [flags]`, the same as `python -m service [flags]` (the word `serve`
+before the flags is accepted too, as in `python -m service serve --models models`).
 
-Each flag falls back to its ONNXSERVE_* environment variable, then to the default.
+Every flag comes from a field of ServerSettings, with the field's docstring as its help; each falls
+back to its ONNXSERVE_* environment variable, then to the default. Process-wide switches (the
+allocator, Pillow's own pixel limit, Prometheus' *_created series, the garbage collector) are set
+here, at the entry point, so that building a server in a test changes nothing else in the process.
 """
 
 from __future__ import annotations
@@ -8,89 +12,139 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gc
+import logging
 import sys
+import typing
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
+from service.errors import StartupError
 from service.logs import configure_logging
-from service.settings import ServerSettings
+from service.settings import ENV_PREFIX, ServerSettings
+
+log = logging.getLogger(__name__)
+PROG = "onnx-serve"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A command-line mistake is one line on stderr, not the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def flag_of(name: str, field: FieldInfo) -> str:
+    """The field's flag: declared with settings.flag(), else --<name-with-dashes>; "" for none."""
+    extra = field.json_schema_extra or {}
+    return extra.get("flag", "--" + name.replace("_", "-"))
+
+
+def default_text(field: FieldInfo) -> str:
+    default = field.get_default(call_default_factory=True)
+    if default is None or default == []:
+        return "none"
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def _choices(annotation) -> list[str]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    return []
+
+
+def settings_table() -> str:
+    """The README's table of settings, written from the settings model (`make docs`)."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for name, field in ServerSettings.model_fields.items():
+        flag = flag_of(name, field)
+        meaning = " ".join((field.description or "").split())
+        choices = _choices(field.annotation)
+        if choices:
+            meaning += f" One of: {', '.join(f'`{c}`' for c in choices)}."
+        shown = f"`{flag} NAME`" if name == "startup_models" else (f"`{flag}`" if flag else "")
+        rows.append(f"| {shown} | `{ENV_PREFIX}{name.upper()}` | `{default_text(field)}` "
+                    f"| {meaning.replace('|', '/')} |")
+    return "\n".join(rows)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="serve", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="serve the models of a repository")
-    flags = {
-        "--models": ("models", "model repository directory"),
-        "--host": ("host", "address to bind"),
-        "--grpc-port": ("grpc_port", "gRPC port (0: any free port)"),
-        "--metrics-port": ("metrics_port", "Prometheus metrics port (0: any free port)"),
-        "--device": ("device", "auto, cpu or cuda"),
-        "--intra-op-threads": ("intra_op_threads", "ONNX Runtime intra-op threads (0: auto)"),
-        "--inter-op-threads": ("inter_op_threads", "ONNX Runtime inter-op threads"),
-        "--graph-optimization": ("graph_optimization", "disable, basic, extended or all"),
-        "--cuda-cudnn-conv-algo-search": ("cuda_cudnn_conv_algo_search",
-                                          "CUDA: HEURISTIC, EXHAUSTIVE or DEFAULT"),
-        "--cuda-gpu-mem-limit": ("cuda_gpu_mem_limit", "CUDA: arena bytes per session (0: none)"),
-        "--cuda-arena-extend-strategy": ("cuda_arena_extend_strategy",
-                                         "CUDA: kNextPowerOfTwo or kSameAsRequested"),
-        "--cuda-do-copy-in-default-stream": ("cuda_do_copy_in_default_stream",
-                                             "CUDA: copies on the compute stream (true/false)"),
-        "--cuda-use-tf32": ("cuda_use_tf32", "CUDA: allow TF32 for fp32 maths (true/false)"),
-        "--cuda-enable-cuda-graph": ("cuda_enable_cuda_graph",
-                                     "CUDA: replay a CUDA graph per warmed-up shape (true/false)"),
-        "--max-message-bytes": ("max_message_bytes", "largest gRPC message"),
-        "--max-load-file-bytes": ("max_load_file_bytes", "model files per load request, bytes"),
-        "--max-connection-age": ("max_connection_age_s", "close client connections after s"),
-        "--shutdown-grace": ("shutdown_grace_s", "seconds in-flight calls get on SIGTERM"),
-        "--max-image-pixels": ("max_image_pixels", "task API: largest image, width x height"),
-        "--max-images-per-request": ("max_images_per_request", "task API: images per request"),
-        "--max-generate-count": ("max_generate_count", "task API: images per Generate"),
-        "--sr-tile-size": ("sr_tile_size", "task API: super-resolution tile edge, pixels"),
-        "--sr-tile-overlap": ("sr_tile_overlap", "task API: context around each tile, pixels"),
-        "--tls-cert": ("tls_cert_file", "PEM server certificate: serve over TLS"),
-        "--tls-key": ("tls_key_file", "PEM private key of the server certificate"),
-        "--tls-client-ca": ("tls_client_ca_file", "PEM CA: require client certificates (mTLS)"),
-        "--api-keys-file": ("api_keys_file", "file of inference API keys, one per line"),
-        "--admin-keys-file": ("admin_keys_file", "file of admin API keys, one per line"),
-        "--event-loop": ("event_loop", "auto, asyncio or uvloop"),
-        "--malloc-reuse-bytes": ("malloc_reuse_bytes", "heap-reuse bound, bytes (0: glibc's)"),
-        "--log-format": ("log_format", "text or json"),
-        "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR"),
-    }
-    for flag, (dest, help_text) in flags.items():
-        serve.add_argument(flag, dest=dest, default=None, help=help_text)
-    serve.add_argument(
-        "--model", dest="startup_models", action="append", default=None,
-        help="load only this model at start (repeatable; default: all)",
-    )
+    parser = _OneLineParser(prog=PROG, description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, field in ServerSettings.model_fields.items():
+        flag = flag_of(name, field)
+        if not flag:
+            continue
+        choices = _choices(field.annotation)
+        help_text = " ".join((field.description or "").split())
+        if choices:
+            help_text += f" One of: {', '.join(choices)}."
+        help_text += f" [env {ENV_PREFIX}{name.upper()}; default {default_text(field)}]"
+        kwargs: dict = {"dest": name, "default": None, "help": help_text.replace("%", "%%")}
+        if name == "startup_models":
+            kwargs.update(action="append", metavar="NAME")
+        elif field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = name.upper()
+        parser.add_argument(flag, **kwargs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
     args = _parser().parse_args(argv)
-    if args.command != "serve":
-        _parser().print_help()
-        return 2
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = ServerSettings(**overrides)
     except ValidationError as exc:
         for err in exc.errors():
-            print(f"serve: setting '{err['loc'][0]}': {err['msg']} (got {err['input']!r})",
-                  file=sys.stderr)
+            where = f"setting '{err['loc'][0]}'" if err["loc"] else "settings"
+            got = f" (got {err['input']!r})" if err["loc"] else ""
+            print(f"serve: {where}: {err['msg']}{got}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    _tune_malloc(settings.malloc_reuse_bytes)
+    _tune_process(settings.malloc_reuse_bytes)
 
     from service.app import InferenceServer  # imports onnxruntime: after argument errors
 
     async def run() -> None:
-        await InferenceServer(settings).run_until_signal()
+        server = InferenceServer(settings)
+        await server.start()
+        _freeze_startup_objects()
+        await server.serve_until_signal()
 
-    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-        runner.run(run())
+    try:
+        loop_factory = _loop_factory(settings.event_loop)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run())
+    except StartupError as exc:
+        log.debug("start-up failed", exc_info=exc)  # the cause, with --log-level DEBUG
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _tune_process(malloc_reuse_bytes: int) -> None:
+    import prometheus_client
+    from PIL import Image
+
+    prometheus_client.disable_created_metrics()  # *_created series only add scrape weight
+    # Our own, configurable limit (max_image_pixels) is checked from each image's header;
+    # Pillow's global bomb check would answer with its own message and limit instead.
+    Image.MAX_IMAGE_PIXELS = None
+    _tune_malloc(malloc_reuse_bytes)
+
+
+def _freeze_startup_objects() -> None:
+    """Everything built at start (modules, descriptors, sessions) lives as long as the process:
+    move it out of the collector's generations so full collections under load skip it (reference
+    counting still frees what is dropped later, e.g. on unload)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _tune_malloc(reuse_bytes: int) -> None:
@@ -108,7 +162,7 @@ def _tune_malloc(reuse_bytes: int) -> None:
     mallopt(m_trim_threshold, 4 * reuse_bytes)
 
 
-def _loop_factory(choice: str):
+def _loop_factory(choice: str) -> typing.Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when asked for, or on auto when it is installed (it is a Linux/macOS extra)."""
     if choice == "asyncio":
         return None
@@ -116,7 +170,7 @@ def _loop_factory(choice: str):
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise SystemExit("serve: event_loop 'uvloop' requested but uvloop is not installed")
+            raise StartupError("event_loop 'uvloop' requested but uvloop is not installed")
         return None
     return uvloop.new_event_loop
 

@@ -1,59 +1,60 @@
 """The one error hierarchy of the service.
 
-Every error a client can cause or see is a `ServiceError` subclass carrying its gRPC status code and
-a message written for the client (naming the field, what was expected and what came). The gRPC
-front end maps them to statuses in exactly one place (`service.grpc.interceptor`); anything else
-that escapes becomes INTERNAL with a generic message and a logged traceback.
+Every error a client can cause or see is a `ServiceError` subclass with a message written for the
+client (naming the field, what was expected and what came). The classes know no protocol: each
+front end maps them to its own codes in exactly one place (`service.grpc.status` for gRPC), with
+the same messages; anything else that escapes becomes the protocol's internal error with a generic
+message and a logged traceback.
+
+`StartupError` is apart: it never reaches a client. It stops the process at start with one line
+(`serve: ...`) naming what is wrong with its settings or surroundings.
 """
 
 from __future__ import annotations
 
-import grpc
-
 
 class ServiceError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    """`model` and `version` name the model version the call resolved to, once it is known (the
+    front ends label their metrics with them); empty before that."""
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+        self.model = ""
+        self.version = ""
 
 
 class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request itself is wrong: a field, a shape, a datatype, a value."""
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    """The model or version named is not served."""
 
 
 class Unavailable(ServiceError):
     """The server or model cannot take the call now (not ready, loading, shutting down)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-
 
 class ResourceExhausted(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """A bound is reached: a full queue, a message over the size limit."""
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    """The call's deadline passed before its result was ready."""
 
 
-class Cancelled(ServiceError):
-    code = grpc.StatusCode.CANCELLED
+class Unauthenticated(ServiceError):
+    """No API key, or one that is not configured."""
 
 
-class FailedPrecondition(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+class PermissionDenied(ServiceError):
+    """A valid key whose role may not make this call."""
 
 
 class ModelLoadError(ServiceError):
     """A model could not be loaded: bad config, missing or corrupt file, failed warm-up. The
     repository's content, not the request, is at fault."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class ModelSkipped(ModelLoadError):
@@ -64,7 +65,10 @@ class ModelSkipped(ModelLoadError):
 class InferenceFailed(ServiceError):
     """The runtime failed on a batch. The client sees a generic message; the cause is logged."""
 
-    code = grpc.StatusCode.INTERNAL
-
     def __init__(self, model: str):
         super().__init__(f"inference failed for model '{model}'; the server log has details")
+
+
+class StartupError(Exception):
+    """The server cannot start as configured: a busy port, a missing model repository, an
+    unusable device, an unreadable TLS or key file."""

@@ -76,6 +76,32 @@ def slow_graph(dim: int = 512):
     return helper.make_graph(nodes, "slow", [x, work], [y], [eye])
 
 
+def slow_start_graph(trips: int, dim: int = 64):
+    """y = x after a fixed `trips` identity MatMuls in a Loop: every run, warm-up included, takes
+    as long, so a server spends a while loading it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])
+    eye = numpy_helper.from_array(np.eye(dim, dtype=np.float32), "eye")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["carried_in", "eye"], ["carried_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried_in", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, ["batch", dim])],
+    )
+    nodes = [
+        helper.make_node("Constant", [], ["trips"],
+                         value=helper.make_tensor("n", TensorProto.INT64, [], [trips])),
+        helper.make_node("Constant", [], ["true"],
+                         value=helper.make_tensor("t", TensorProto.BOOL, [], [True])),
+        helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body),
+    ]
+    return helper.make_graph(nodes, "slow_start", [x], [y], [eye])
+
+
 def fault_graph():
     """y = table[int(x)] with a 10-entry table: an input of 10 or more makes the run fail inside
     ONNX Runtime (Gather index out of range), a real fault triggered by a marker value."""
@@ -204,12 +230,13 @@ def identity_autoencoder_graph(side: int = 8):
                              "autoencoder", [x], [y])
 
 
-def super_resolution_graph(scale: int):
-    """ESPCN-shaped: 3x3 conv to scale^2 channels, then depth-to-space; any height and width."""
+def super_resolution_graph(scale: int, seed: int = 4):
+    """ESPCN-shaped: 3x3 conv to scale^2 channels, then depth-to-space; any height and width.
+    Another seed gives other weights (another version of the model)."""
     x = helper.make_tensor_value_info("low_res", TensorProto.FLOAT, ["batch", 1, "h", "w"])
     y = helper.make_tensor_value_info("high_res", TensorProto.FLOAT,
                                       ["batch", 1, "H", "W"])
-    kernel = np.random.default_rng(4).uniform(0.0, 0.25, (scale * scale, 1, 3, 3))
+    kernel = np.random.default_rng(seed).uniform(0.0, 0.25, (scale * scale, 1, 3, 3))
     nodes = [helper.make_node("Conv", ["low_res", "k"], ["features"], pads=[1, 1, 1, 1]),
              helper.make_node("DepthToSpace", ["features"], ["high_res"], blocksize=scale)]
     return helper.make_graph(nodes, "espcn", [x], [y],

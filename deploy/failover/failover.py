@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -36,20 +35,19 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
+from service.launcher import ROOT, ServerProcess, metric_total, start_server, wait_for
+
 KSERVE_SERVICE = "inference.GRPCInferenceService"
 
 # The retry policy to copy (deploy/k8s/README.md explains each field). Inference is idempotent,
@@ -95,55 +93,7 @@ def client_channel(addresses: list[str]) -> grpc.Channel:
 
 # --- replicas -------------------------------------------------------------------------------
 
-class Replica(Protocol):
-    """A running server: tests/servers.py's ServerProcess and this module's ServerProcess."""
-
-    process: subprocess.Popen
-    grpc_port: int
-
-    def metrics_text(self) -> str: ...
-
-
-Launcher = Callable[[int], Replica]  # grpc_port -> a started, ready replica on that port
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    grpc_port: int = 0
-    metrics_port: int = 0
-
-    def metrics_text(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode()
-
-
-def launch_server(repo: Path, grpc_port: int, log_dir: Path, *flags: str,
-                  timeout: float = 120) -> ServerProcess:
-    """Start `python -m service serve` on a fixed gRPC port; return once it logs 'serving'."""
-    log_path = log_dir / f"replica-{grpc_port}-{time.monotonic_ns()}.log"
-    command = [sys.executable, "-m", "service", "serve", "--models", str(repo),
-               "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--metrics-port", "0",
-               "--log-format", "json", "--intra-op-threads", "1", *flags]
-    log = log_path.open("w")
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    log.close()
-    server = ServerProcess(process)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        for line in log_path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "serving":
-                server.grpc_port, server.metrics_port = event["grpc_port"], event["metrics_port"]
-                return server
-        time.sleep(0.05)
-    process.kill()
-    log_tail = log_path.read_text()[-3000:]
-    raise RuntimeError(f"replica on port {grpc_port} did not start:\n{log_tail}")
+Launcher = Callable[[int], ServerProcess]  # grpc_port -> a started, ready replica on that port
 
 
 def free_port() -> int:
@@ -152,23 +102,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def inflight(replica: Replica) -> float:
+def inflight(replica: ServerProcess) -> float:
     """Inference calls queued or computing in this process now."""
-    return sum(sample.value
-               for family in text_string_to_metric_families(replica.metrics_text())
-               for sample in family.samples if sample.name == "inference_inflight_requests")
+    return metric_total(replica.metrics_text(), "inference_inflight_requests")
 
 
-def served_ok(replica: Replica) -> float:
+def served_ok(replica: ServerProcess) -> float:
     """ModelInfer calls this process answered OK (its counters start at 0 on every start)."""
-    total = 0.0
-    for family in text_string_to_metric_families(replica.metrics_text()):
-        for sample in family.samples:
-            if (sample.name == "inference_requests_total"
-                    and sample.labels.get("rpc") == "ModelInfer"
-                    and sample.labels.get("code") == "OK"):
-                total += sample.value
-    return total
+    return metric_total(replica.metrics_text(), "inference_requests_total", rpc="ModelInfer",
+                        code="OK")
 
 
 def health_status(address: str, service: str = "", timeout: float = 2) -> str:
@@ -179,16 +121,6 @@ def health_status(address: str, service: str = "", timeout: float = 2) -> str:
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         except grpc.RpcError as exc:
             return exc.code().name
-
-
-def poll(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # --- nginx ----------------------------------------------------------------------------------
@@ -253,7 +185,7 @@ class Nginx:
         self.process = subprocess.Popen(
             [binary, "-p", str(self.dir), "-c", str(self.conf), "-e", str(self.dir / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        poll(lambda: self.process.poll() is not None or health_status(self.address) == "SERVING",
+        wait_for(lambda: self.process.poll() is not None or health_status(self.address) == "SERVING",
              30, "nginx to proxy a health check")
         if self.process.poll() is not None:
             raise RuntimeError(f"nginx exited: {(self.dir / 'error.log').read_text()[-2000:]}")
@@ -484,7 +416,7 @@ class Scenario:
         self.rate, self.workers, self.window = rate, workers, window_requests
         self.max_seconds, self.rounds, self.event_timeout = max_seconds, rounds, event_timeout
         self.ports = [free_port() for _ in range(replicas)]
-        self.replicas: list[Replica] = []
+        self.replicas: list[ServerProcess] = []
         self._phase = "warmup"
         self.report = Report([])
 
@@ -499,7 +431,7 @@ class Scenario:
                 calls: int | None = None) -> None:
         """The phase lasts until each door has `calls` (default: `window`) that started in it."""
         calls = calls or self.window
-        poll(lambda: all(load.count(phase, started) >= calls for load in loads),
+        wait_for(lambda: all(load.count(phase, started) >= calls for load in loads),
              self.event_timeout, f"{calls} calls per door in phase {phase}")
 
     def _restart(self, index: int, sig: signal.Signals, loads: list[Load]) -> None:
@@ -508,7 +440,7 @@ class Scenario:
         self._phase, started = phase, time.monotonic()
         # Strike while the victim holds calls, so the drain or the crash has something to cut.
         try:
-            seen = poll(lambda: inflight(victim), self.event_timeout / 4,
+            seen = wait_for(lambda: inflight(victim), self.event_timeout / 4,
                         "calls in flight on the victim")
         except TimeoutError:
             seen = 0.0
@@ -518,10 +450,10 @@ class Scenario:
         self.report.exit_codes.append((phase, code))
         replacement = self.launch(self.ports[index])
         self.replicas[index] = replacement
-        poll(lambda: health_status(self.addresses[index]) == "SERVING", self.event_timeout,
+        wait_for(lambda: health_status(self.addresses[index]) == "SERVING", self.event_timeout,
              f"replica {index} SERVING after restart")
         # Back in rotation: the new process answers calls from the front doors.
-        poll(lambda: served_ok(replacement) > 0, self.event_timeout,
+        wait_for(lambda: served_ok(replacement) > 0, self.event_timeout,
              f"replica {index} serving traffic after restart")
         took = time.monotonic() - started
         self.report.events.append((phase, f"replica :{self.ports[index]} {sig.name}, exit code "
@@ -554,11 +486,11 @@ class Scenario:
                 other.pause()
             load.resume.set()
             # Only this door's calls may count: let the paused doors' last calls land first.
-            poll(lambda: all(other.active == 0 for other in others), self.event_timeout,
+            wait_for(lambda: all(other.active == 0 for other in others), self.event_timeout,
                  "paused doors to finish their calls")
             before = [served_ok(r) for r in self.replicas]
             try:
-                poll(lambda: all(served_ok(r) >= b + 3 for r, b in zip(self.replicas, before)),
+                wait_for(lambda: all(served_ok(r) >= b + 3 for r, b in zip(self.replicas, before)),
                      self.event_timeout, f"every replica serving {door} calls", interval=0.1)
                 self.report.back_in_rotation[door] = True
             except TimeoutError:
@@ -572,7 +504,7 @@ class Scenario:
         nginx = None
         loads: dict[str, Load] = {}
         try:
-            started: dict[int, Replica] = {}  # replicas start in parallel
+            started: dict[int, ServerProcess] = {}  # replicas start in parallel
             starters = [threading.Thread(target=lambda i=i: started.update(
                 {i: self.launch(self.ports[i])})) for i in range(len(self.ports))]
             for thread in starters:
@@ -653,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
         logs = work / "logs"
         logs.mkdir()
         scenario = Scenario(
-            repo, args.model, lambda port: launch_server(repo, port, logs, "--model", args.model),
+            repo, args.model,
+            lambda port: start_server(repo, "--model", args.model, grpc_port=port,
+                                      log_path=logs / f"replica-{port}-{time.monotonic_ns()}.log"),
             work, rate=args.rate, workers=args.workers, window_requests=args.window,
             rounds=args.rounds, max_seconds=args.max_seconds, event_timeout=60)
         started = time.monotonic()
@@ -665,6 +599,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
-    os.chdir(ROOT)
     sys.exit(main())

@@ -21,6 +21,7 @@ from PIL import Image
 
 from service._proto import task_service_pb2 as pb
 from service._proto import task_service_pb2_grpc as pb_grpc
+from service.tasks.pixels import MODE_BY_CHANNELS, RowCanvas
 
 ImageLike = str | Path | bytes | Image.Image | np.ndarray
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -72,8 +73,7 @@ def to_pil(image: pb.Image) -> Image.Image:
     if image.WhichOneof("data") == "encoded":
         return Image.open(io.BytesIO(image.encoded))
     raw = image.raw
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[raw.channels]
-    return Image.frombytes(mode, (raw.width, raw.height), raw.pixels)
+    return Image.frombytes(MODE_BY_CHANNELS[raw.channels], (raw.width, raw.height), raw.pixels)
 
 
 def _generate_request(model, count, seed, class_label, latents, interpolate, version, raw):
@@ -98,18 +98,18 @@ def _generate_request(model, count, seed, class_label, latents, interpolate, ver
 def assemble_chunks(chunks: Iterable[pb.SuperResolveChunk],
                     progress: Callable[[int, int], None] | None = None) -> Image.Image:
     """Streamed rows back into one image."""
-    output = None
+    canvas = None
     for chunk in chunks:
-        if output is None:
-            output = np.empty((chunk.height, chunk.width, chunk.channels), np.uint8)
+        if canvas is None:
+            canvas = RowCanvas(chunk.height, chunk.width, chunk.channels)
         rows = np.frombuffer(chunk.pixels, np.uint8).reshape(chunk.row_count, chunk.width,
                                                              chunk.channels)
-        output[chunk.row_start:chunk.row_start + chunk.row_count] = rows
+        done = canvas.put(chunk.row_start, rows)
         if progress:
-            progress(chunk.row_start + chunk.row_count, chunk.height)
-    if output is None:
+            progress(done, chunk.height)
+    if canvas is None:
         raise RuntimeError("the server sent no rows")
-    return Image.fromarray(output[:, :, 0] if output.shape[2] == 1 else output)
+    return canvas.image()
 
 
 class TaskClient:

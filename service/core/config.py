@@ -15,31 +15,13 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.core.datatypes import DATATYPES
 from service.errors import ModelLoadError
 
 CONFIG_FILENAME = "config.yaml"
 
-# Open Inference Protocol datatype -> numpy dtype. BYTES is not served by this runtime (no ONNX
-# model of ours takes strings), so it is absent and refused with a clear message.
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-
-Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64",
-]
+# Every datatype of the one table; BYTES is not among them (see service.core.datatypes).
+DatatypeName = Literal[tuple(DATATYPES)]
 
 
 class _Strict(BaseModel):
@@ -61,7 +43,7 @@ class TaskKind(str, enum.Enum):
 class TensorSpec(_Strict):
     name: str = Field(min_length=1)
     """Tensor name in the ONNX graph."""
-    datatype: Datatype
+    datatype: DatatypeName
     """Open Inference Protocol datatype (FP32, INT64, ...)."""
     shape: list[int]
     """Dimensions without the batch axis when max_batch_size > 0; -1 for a variable one."""
@@ -122,8 +104,9 @@ class VersionPolicy(_Strict):
         return available[-(self.latest or 1):]
 
 
-class InputScaling(_Strict):
-    """How a client turns 8-bit pixels into the model input: (pixel * scale - mean) / std."""
+class PixelScaling(_Strict):
+    """Between 8-bit pixels and model values: value = (pixel * scale - mean) / std. For image
+    inputs it is applied as written; for image outputs it is inverted."""
 
     scale: float = 1.0 / 255.0
     mean: float = 0.0
@@ -135,10 +118,10 @@ class TaskMetadata(_Strict):
     """What the model does; drives the task API."""
     labels: list[str] | None = None
     """Class names in output order (classifiers)."""
-    input_scaling: InputScaling | None = None
+    input_scaling: PixelScaling | None = None
     """Pixel-to-input mapping for image inputs."""
-    output_scaling: InputScaling | None = None
-    """Output-to-pixel mapping inverse, for image outputs: pixel = (out * std + mean) / scale."""
+    output_scaling: PixelScaling | None = None
+    """Pixel-to-output mapping of image outputs, inverted: pixel = (out * std + mean) / scale."""
     latent_size: int | None = Field(default=None, ge=1)
     """Latent vector length (generators, encoders, decoders)."""
     num_classes: int | None = Field(default=None, ge=1)

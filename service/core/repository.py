@@ -9,9 +9,11 @@ before their sessions are released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from service.core.runtime import OnnxModel, ProviderChoice, RuntimeOptions
 from service.core.stats import VersionStats
 from service.core.triton_config import PBTXT_FILENAME
 from service.errors import (
-    InvalidArgument, ModelLoadError, ModelSkipped, NotFound, Unavailable,
+    InvalidArgument, ModelLoadError, ModelSkipped, NotFound, StartupError, Unavailable,
 )
 from service.metrics import Metrics
 
@@ -36,10 +38,18 @@ _VERSION = re.compile(r"^[0-9]{1,9}$")
 
 
 class ModelState(str, enum.Enum):
-    READY = "READY"
+    """Where a model is in its life. The protocols know Triton's four states, in which an
+    unloaded model is UNAVAILABLE with reason "unloaded" (`protocol_state`)."""
+
     LOADING = "LOADING"
+    READY = "READY"
     UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
+    FAILED = "FAILED"      # its last load failed and no version serves; `reason` says why
+    UNLOADED = "UNLOADED"  # unloaded on request
+
+    @property
+    def protocol_state(self) -> str:
+        return "UNAVAILABLE" if self in (ModelState.FAILED, ModelState.UNLOADED) else self.value
 
 
 @dataclass(eq=False)
@@ -50,6 +60,11 @@ class ModelVersion:
     runtime: OnnxModel
     scheduler: BatchScheduler
     stats: VersionStats
+    # Calls that hold this version for their whole length (a streamed upscale); a replaced
+    # version is closed only once the last of them lets go.
+    holds: int = 0
+    retired: bool = False
+    keep_metrics: bool = False  # retired by a reload that serves the same version number again
 
     @property
     def version_label(self) -> str:
@@ -61,7 +76,6 @@ class ModelEntry:
     name: str
     state: ModelState
     reason: str = ""
-    config: ModelConfig | None = None
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -121,6 +135,22 @@ class ModelRepository:
 
     # -- discovery ------------------------------------------------------------------------------
 
+    def check_root(self) -> None:
+        """At start: a missing or unreadable repository directory stops the server (serving
+        nothing while reporting healthy would hide the mistake); an empty one is a warning."""
+        if not self.root.exists():
+            raise StartupError(f"model repository {self.root} does not exist")
+        if not self.root.is_dir():
+            raise StartupError(f"model repository {self.root} is not a directory")
+        try:
+            next(self.root.iterdir(), None)
+        except OSError as exc:
+            raise StartupError(f"model repository {self.root} cannot be read: "
+                               f"{exc.strerror}") from exc
+        if not self.available_names():
+            log.warning("model repository %s has no models; load them with "
+                        "RepositoryModelLoad once they are there", self.root)
+
     def available_names(self) -> list[str]:
         """Model directories in the repository, loaded or not: those with a config.yaml or a
         config.pbtxt, or (Triton-style, config completed from the graph) a version with a model."""
@@ -164,7 +194,7 @@ class ModelRepository:
                 if not skipped:  # a skipped model is logged once, by whoever asked for it
                     log.error("model load failed: %s", exc.message)
                 if not entry.versions:
-                    entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
+                    entry.state, entry.reason = ModelState.FAILED, exc.message
                     if not skipped:
                         # No version serves it: say so (version "") so the not-ready alert fires.
                         self._metrics.model_ready.labels(name, "").set(0)
@@ -174,7 +204,7 @@ class ModelRepository:
                     raise InvalidArgument(exc.message) from None  # the request's own content
                 raise
             old = entry.versions
-            entry.config, entry.versions = config, new_versions
+            entry.versions = new_versions
             entry.state, entry.reason = ModelState.READY, ""
             self._metrics.forget_failed_load(name)
             for version in new_versions.values():
@@ -201,13 +231,14 @@ class ModelRepository:
             old, entry.versions = entry.versions, {}
             for version in old.values():
                 await self._retire(version)
-            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            entry.state, entry.reason = ModelState.UNLOADED, "unloaded"
             log.info("model unloaded: name=%s", name)
 
     async def close(self) -> None:
+        """At shutdown, once calls are over: close every version, held or not."""
         for entry in list(self._models.values()):
             for version in list(entry.versions.values()):
-                await self._retire(version)
+                await self._close(version)
             entry.versions = {}
 
     def _resolve(
@@ -272,23 +303,42 @@ class ModelRepository:
         return version
 
     async def _retire(self, version: ModelVersion, keep_metrics: bool = False) -> None:
+        """Close a version that no longer serves new calls: at once, or when its last hold ends."""
+        version.retired, version.keep_metrics = True, keep_metrics
+        if not version.holds:
+            await self._close(version)
+
+    async def _close(self, version: ModelVersion) -> None:
         await version.scheduler.close()
-        if not keep_metrics:
+        if not version.keep_metrics:
             self._metrics.forget_version(
                 version.name, version.version_label, version.runtime.provider
             )
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str, version: str = "") -> AsyncIterator[ModelVersion]:
+        """The version to serve (as `get`), kept open until the block ends even if a reload or
+        unload replaces it meanwhile."""
+        found = self.get(name, version)
+        found.holds += 1
+        try:
+            yield found
+        finally:
+            found.holds -= 1
+            if found.retired and not found.holds:
+                await self._close(found)
 
     # -- lookup ---------------------------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The version to serve: the named one, or the highest loaded."""
         entry = self._models.get(name)
-        if entry is None or (not entry.versions and entry.state is ModelState.UNAVAILABLE
-                             and entry.reason == "unloaded"):
+        if entry is None or (not entry.versions and entry.state is ModelState.UNLOADED):
             raise NotFound(f"model '{name}' is not loaded; loaded models: {self.ready_names()}")
         if not entry.versions:
             detail = f": {entry.reason}" if entry.reason else ""
-            raise Unavailable(f"model '{name}' is not ready ({entry.state.value}){detail}")
+            raise Unavailable(
+                f"model '{name}' is not ready ({entry.state.protocol_state}){detail}")
         if not version:
             return entry.versions[max(entry.versions)]
         if not _VERSION.match(version):

@@ -12,7 +12,9 @@ normally in the same session.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,22 +23,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.core.config import NUMPY_DTYPES, CudaOptions, ModelConfig, TaskKind
-from service.errors import ModelLoadError, ModelSkipped
+from service.core.config import CudaOptions, ModelConfig, TaskKind
+from service.core.datatypes import BY_ORT, DATATYPES
+from service.errors import ModelLoadError, ModelSkipped, StartupError
 from service.tasks.tiling import WARMUP_IMAGE_SIZES, tile_runs
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-# ONNX Runtime's type strings -> Open Inference Protocol datatypes.
-ORT_TO_DATATYPE = {
-    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-}
 
 _GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -67,41 +62,50 @@ class ProviderChoice:
         return [CUDA, CPU] if self.provider == CUDA else [CPU]
 
 
-def _cuda_usable() -> tuple[bool, str]:
+def _cuda_usable() -> tuple[bool, str, str]:
+    """(usable, why, what ONNX Runtime's library preloading printed)."""
     if CUDA not in ort.get_available_providers():
-        return False, "this onnxruntime build has no CUDA provider"
+        return False, "this onnxruntime build has no CUDA provider", ""
     # The CUDA provider needs the CUDA runtime, cuBLAS and cuDNN libraries plus a device. Probe them
     # here so that a CPU-only host gets one clear log line instead of a session-creation error.
+    # preload_dlls finds the nvidia-* pip packages when they are installed; it prints a line per
+    # library it misses, which on a CPU-only host is noise before our own line: keep it apart.
+    printed = io.StringIO()
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
-        try:
-            preload(directory="")  # finds the nvidia-* pip packages when they are installed
-        except Exception:  # noqa: BLE001 - absence is the common case and is handled below
-            pass
+        with contextlib.redirect_stdout(printed):
+            try:
+                preload(directory="")
+            except Exception:  # noqa: BLE001 - absence is the common case and is handled below
+                pass
     for lib in ("libcudart.so.13", "libcublas.so.13", "libcudnn.so.9"):
         try:
             ctypes.CDLL(lib)
         except OSError:
-            return False, f"{lib} not found"
+            return False, f"{lib} not found", printed.getvalue()
     try:
         cudart = ctypes.CDLL("libcudart.so.13")
         count = ctypes.c_int(0)
         if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:
-            return False, "no CUDA device visible"
+            return False, "no CUDA device visible", printed.getvalue()
     except OSError as exc:
-        return False, f"CUDA runtime unusable: {exc}"
-    return True, f"{count.value} CUDA device(s) found"
+        return False, f"CUDA runtime unusable: {exc}", printed.getvalue()
+    return True, f"{count.value} CUDA device(s) found", printed.getvalue()
 
 
 def choose_provider(device: str) -> ProviderChoice:
     """Pick CUDA only when it is really usable; `device` is auto, cpu or cuda."""
     if device == "cpu":
         return ProviderChoice(CPU, "CPU requested")
-    usable, reason = _cuda_usable()
+    usable, reason, printed = _cuda_usable()
     if usable:
         return ProviderChoice(CUDA, reason)
+    if printed.strip():
+        log.debug("ONNX Runtime's CUDA library preloading said: %s", printed.strip())
     if device == "cuda":
-        raise ModelLoadError(f"device 'cuda' requested but CUDA is not usable: {reason}")
+        detail = "; ".join(line for line in printed.strip().splitlines() if line)
+        raise StartupError(f"device 'cuda' requested but CUDA is not usable: {reason}"
+                           + (f" ({detail})" if detail else ""))
     return ProviderChoice(CPU, f"CUDA not used: {reason}")
 
 
@@ -158,7 +162,7 @@ def warmup_runs(config: ModelConfig, options: RuntimeOptions,
             shapes = {(1, h, w) for _, h, w in shapes}
         spec = config.inputs[0]
         return [WarmupRun({spec.name: np.zeros((batch, image[0], h, w),
-                                               NUMPY_DTYPES[spec.datatype])}, True)
+                                               DATATYPES[spec.datatype].numpy)}, True)
                 for batch, h, w in sorted(shapes)]
     sizes = sorted({1, *config.dynamic_batching.preferred_batch_sizes})
     if config.max_batch_size == 0:
@@ -168,7 +172,7 @@ def warmup_runs(config: ModelConfig, options: RuntimeOptions,
         WarmupRun({
             spec.name: np.zeros(([size] if size else [])
                                 + [d if d > 0 else WARMUP_VARIABLE_DIM for d in spec.graph_shape],
-                                dtype=NUMPY_DTYPES[spec.datatype])
+                                dtype=DATATYPES[spec.datatype].numpy)
             for spec in config.inputs
         }, fixed)
         for size in sizes
@@ -388,7 +392,8 @@ def _check_signature(session: ort.InferenceSession, config: ModelConfig, path: s
                 raise ModelLoadError(
                     f"{where}: tensor '{spec.name}' is not in the graph; it has {sorted(by_name)}"
                 )
-            datatype = ORT_TO_DATATYPE.get(node.type, node.type)
+            row = BY_ORT.get(node.type)
+            datatype = row.name if row else node.type
             if datatype != spec.datatype:
                 raise ModelLoadError(
                     f"{where}: datatype {spec.datatype} but the graph says {datatype}"

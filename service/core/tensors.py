@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service.core.config import NUMPY_DTYPES, ModelConfig, TaskKind, TensorSpec
+from service.core.config import ModelConfig, TaskKind, TensorSpec
+from service.core.datatypes import DATATYPES
 from service.errors import InvalidArgument
 
 
@@ -22,12 +23,20 @@ def full_shape(spec: TensorSpec, config: ModelConfig) -> list[int]:
 
 def numpy_dtype(datatype: str, where: str) -> np.dtype:
     try:
-        return NUMPY_DTYPES[datatype]
+        return DATATYPES[datatype].numpy
     except KeyError:
         raise InvalidArgument(
             f"{where}: datatype '{datatype}' is not supported; expected one of "
-            f"{', '.join(NUMPY_DTYPES)}"
+            f"{', '.join(DATATYPES)}"
         ) from None
+
+
+def check_dims(name: str, shape: list[int]) -> None:
+    """Every front end checks a declared shape before it reads or allocates its data."""
+    if any(d < 1 for d in shape):
+        # Empty tensors are refused too: no model here takes one, and a zero dim beside a huge
+        # one would otherwise pass the byte-count check.
+        raise InvalidArgument(f"input '{name}': shape dims must be >= 1, got {shape}")
 
 
 def check_inputs(
@@ -40,14 +49,12 @@ def check_inputs(
     """
     expected = {spec.name: spec for spec in config.inputs}
     missing = [name for name, spec in expected.items() if name not in inputs and not spec.optional]
-    if missing:
-        raise InvalidArgument(
-            f"model '{model}': missing input(s) {missing}; expected {sorted(expected)}"
-        )
     extra = [name for name in inputs if name not in expected]
-    if extra:
+    if missing or extra:
+        problems = ([f"missing input(s) {missing}"] if missing else []) + \
+                   ([f"unexpected input(s) {extra}"] if extra else [])
         raise InvalidArgument(
-            f"model '{model}': unexpected input(s) {extra}; expected {sorted(expected)}"
+            f"model '{model}': {' and '.join(problems)}; expected {sorted(expected)}"
         )
 
     batch_size = 1
@@ -62,8 +69,6 @@ def check_inputs(
         got = list(array.shape)
         if len(got) != len(want) or any(w != -1 and w != g for w, g in zip(want, got)):
             raise InvalidArgument(f"input '{name}': shape must be {want}, got {got}")
-        if any(g < 1 for g in got):
-            raise InvalidArgument(f"input '{name}': every dim must be >= 1, got shape {got}")
         if config.max_batch_size > 0:
             if batch_owner is None:
                 batch_size, batch_owner = got[0], name

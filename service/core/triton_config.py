@@ -22,7 +22,8 @@ from google.protobuf import json_format, text_format
 from service._proto import model_config_pb2 as mc
 from service.core.config import CONFIG_FILENAME as NATIVE_FILENAME
 from service.core.config import CudaOptions, ModelConfig, TaskMetadata, parse_model_config
-from service.core.runtime import ORT_TO_DATATYPE
+from service.core.datatypes import BY_ORT, BY_TRITON, DATATYPES
+from service.core.description import ModelDescription, task_parameters
 from service.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,11 @@ ONNX_BACKEND = "onnxruntime"
 # Triton fills max_batch_size with this when the model can batch and the config does not say.
 AUTOFILL_MAX_BATCH_SIZE = 4
 
-TO_TRITON_TYPE = {
-    "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16,
-    "UINT32": mc.TYPE_UINT32, "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8,
-    "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32, "INT64": mc.TYPE_INT64,
-    "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
-}
-FROM_TRITON_TYPE = {v: k for k, v in TO_TRITON_TYPE.items()}
+
+
+def _triton_type(datatype: str) -> int:
+    return mc.DataType.Value(DATATYPES[datatype].triton)
+
 
 # ModelConfig fields and what becomes of them.
 HONOURED = {
@@ -139,11 +138,11 @@ def autocomplete(triton: mc.ModelConfig, model: str, onnx: Path | bytes) -> None
         return [d if isinstance(d, int) and d > 0 else -1 for d in node.shape[skip:]]
 
     def datatype(node) -> int:
-        name = ORT_TO_DATATYPE.get(node.type)
-        if name is None:
+        row = BY_ORT.get(node.type)
+        if row is None:
             raise ModelLoadError(f"model '{model}': tensor '{node.name}' has type {node.type}, "
                                  "which this server does not serve")
-        return TO_TRITON_TYPE[name]
+        return mc.DataType.Value(row.triton)
 
     if not triton.input:
         for node in session.get_inputs():
@@ -158,12 +157,13 @@ def _tensor(tensor, group: str, index: int, source: str) -> dict:
     for field, feature in TENSOR_REFUSED.items():
         if getattr(tensor, field, False):
             raise ModelLoadError(f"{where}: {field} ({feature}) is not supported by this server")
-    if tensor.data_type not in FROM_TRITON_TYPE:
+    row = BY_TRITON.get(mc.DataType.Name(tensor.data_type))
+    if row is None:
         raise ModelLoadError(
             f"{where}: data_type {mc.DataType.Name(tensor.data_type)} is not served; expected "
-            f"one of {', '.join(mc.DataType.Name(t) for t in FROM_TRITON_TYPE)}"
+            f"one of {', '.join(BY_TRITON)}"
         )
-    spec = {"name": tensor.name, "datatype": FROM_TRITON_TYPE[tensor.data_type],
+    spec = {"name": tensor.name, "datatype": row.name,
             "shape": list(tensor.dims)}
     if tensor.HasField("reshape"):
         spec["reshape"] = list(tensor.reshape.shape)
@@ -281,15 +281,15 @@ def _task(triton: mc.ModelConfig, source: str, model_dir: Path | None) -> dict:
     return task
 
 
-def to_triton(config: ModelConfig, model: str, provider: str) -> mc.ModelConfig:
+def to_triton(model: ModelDescription, config: ModelConfig) -> mc.ModelConfig:
     """Our native config as Triton's message, for the ModelConfig RPC."""
     triton = mc.ModelConfig(
-        name=model, platform=ONNX_PLATFORM, backend=ONNX_BACKEND,
+        name=model.name, platform=ONNX_PLATFORM, backend=ONNX_BACKEND,
         max_batch_size=config.max_batch_size, default_model_filename=config.model_filename,
     )
     for group, specs in ((triton.input, config.inputs), (triton.output, config.outputs)):
         for spec in specs:
-            tensor = group.add(name=spec.name, data_type=TO_TRITON_TYPE[spec.datatype],
+            tensor = group.add(name=spec.name, data_type=_triton_type(spec.datatype),
                                dims=spec.shape)
             if spec.reshape is not None:
                 tensor.reshape.shape.extend(spec.reshape)
@@ -307,7 +307,7 @@ def to_triton(config: ModelConfig, model: str, provider: str) -> mc.ModelConfig:
         triton.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
         triton.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
         triton.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
-    kind = (mc.ModelInstanceGroup.KIND_GPU if provider == "CUDAExecutionProvider"
+    kind = (mc.ModelInstanceGroup.KIND_GPU if model.execution_provider == "CUDAExecutionProvider"
             else mc.ModelInstanceGroup.KIND_CPU)
     triton.instance_group.add(count=config.instance_count, kind=kind)
     if config.cuda is not None:
@@ -315,11 +315,9 @@ def to_triton(config: ModelConfig, model: str, provider: str) -> mc.ModelConfig:
             name=CUDA_ACCELERATOR)
         for key, value in config.cuda.model_dump(exclude_none=True).items():
             accelerator.parameters[key] = str(int(value)) if isinstance(value, bool) else str(value)
-    triton.parameters["task_kind"].string_value = config.task.kind.value
-    for key, value in config.task.model_dump(mode="json", exclude_none=True).items():
-        if key != "kind":
-            triton.parameters[key].string_value = (
-                json.dumps(value) if isinstance(value, (list, dict, int, float)) else str(value))
+    # Triton's parameters are strings: the shared flattening, scalars written as JSON.
+    for key, value in task_parameters(model.task).items():
+        triton.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)
     return triton
 
 

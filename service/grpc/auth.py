@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from service.errors import StartupError
 from service.settings import ServerSettings
 
 ADMIN_METHODS = frozenset({
@@ -27,10 +28,14 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def _read_keys(path: Path | None) -> list[str]:
+def _read_keys(setting: str, path: Path | None) -> list[str]:
     if path is None:
         return []
-    return [line.strip() for line in path.read_text().splitlines()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StartupError(f"{setting} {path}: {exc.strerror}") from exc
+    return [line.strip() for line in text.splitlines()
             if line.strip() and not line.startswith("#")]
 
 
@@ -42,9 +47,10 @@ class ApiKeys:
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> ApiKeys:
         return cls(
-            [k.get_secret_value() for k in settings.api_keys] + _read_keys(settings.api_keys_file),
+            [k.get_secret_value() for k in settings.api_keys]
+            + _read_keys("api_keys_file", settings.api_keys_file),
             [k.get_secret_value() for k in settings.admin_keys]
-            + _read_keys(settings.admin_keys_file),
+            + _read_keys("admin_keys_file", settings.admin_keys_file),
         )
 
     @property

@@ -9,25 +9,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
-from service.core.inference import CallInfo, InferenceCore, current_call
+from service.core.inference import DRAINING_MESSAGE
 from service.errors import ServiceError
+from service.grpc.calls import CallInfo, current_call
+from service.grpc.status import status_of
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal error; the server log has details"
-DRAINING_MESSAGE = "server is shutting down; retry on another replica"
 
 # Infrastructure services stay outside: health must answer during drain, and neither is counted.
 _PASS_THROUGH = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, core: InferenceCore, metrics: Metrics):
-        self._core = core
+    def __init__(self, draining: Callable[[], bool], metrics: Metrics):
+        self._draining = draining
         self._metrics = metrics
         self.active_calls = 0
         self._idle = asyncio.Event()
@@ -95,7 +97,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return unary_stream
 
     async def _begin(self, context) -> CallInfo:
-        if self._core.draining:
+        if self._draining():
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
         self.active_calls += 1
         self._idle.clear()
@@ -106,9 +108,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     async def _fail(exc: BaseException, info: CallInfo, context) -> None:
         """Give the call the status `exc` stands for; always raises."""
+        if getattr(exc, "model", ""):  # raised after the core resolved the model
+            info.model, info.version = exc.model, exc.version
         if isinstance(exc, ServiceError):
-            info.code = exc.code
-            await context.abort(exc.code, exc.message)
+            info.code = status_of(exc)
+            await context.abort(info.code, exc.message)
         if isinstance(exc, asyncio.CancelledError):
             info.code = grpc.StatusCode.CANCELLED
             raise exc

@@ -6,23 +6,20 @@ as ServiceError and turned into statuses by the interceptor.
 
 from __future__ import annotations
 
-import json
-import time
-
 import grpc
 
 from service._proto import grpc_service_pb2 as pb
 from service._proto import grpc_service_pb2_grpc as pb_grpc
-from service.core.config import ModelConfig
-from service.core.inference import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceCore
-from service.core.repository import LoadOverride, ModelState, ModelVersion, validate_model_name
-from service.core.tensors import full_shape
+from service.core.description import Parameter
+from service.core.inference import InferenceCore, VersionStatistics
+from service.core.repository import LoadOverride, validate_model_name
 from service.core.triton_config import to_triton
-from service.settings import MESSAGE_ENVELOPE_BYTES
-from service.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError
+from service.errors import InvalidArgument, NotFound
+from service.grpc.calls import deadline_of, note_call
 from service.grpc.kserve_codec import (
     decode_inputs, infer_response_bytes, split_infer_request,
 )
+from service.limits import check_response_fits
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 _BYTES_IN_AND_OUT = {"ModelInfer"}
@@ -48,7 +45,7 @@ def add_to_server(servicer: "KServeServicer", server) -> None:
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
-def _param(value) -> pb.InferParameter:
+def _param(value: Parameter) -> pb.InferParameter:
     if isinstance(value, bool):
         return pb.InferParameter(bool_param=value)
     if isinstance(value, int):
@@ -56,17 +53,6 @@ def _param(value) -> pb.InferParameter:
     if isinstance(value, float):
         return pb.InferParameter(double_param=value)
     return pb.InferParameter(string_param=str(value))
-
-
-def task_parameters(config: ModelConfig) -> dict[str, object]:
-    """Task metadata as flat key/values; lists and nested objects as JSON strings."""
-    params: dict[str, object] = {"task_kind": config.task.kind.value,
-                                 "max_batch_size": config.max_batch_size}
-    for key, value in config.task.model_dump(mode="json", exclude_none=True).items():
-        if key == "kind":
-            continue
-        params[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
-    return params
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -82,35 +68,25 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._core.server_ready())
 
     async def ModelReady(self, request, context):
-        try:
-            self._core.model(request.name, request.version)
-        except ServiceError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self._core.draining)
+        return pb.ModelReadyResponse(ready=self._core.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
+        server = self._core.server_metadata()
         response = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
-        )
-        response.parameters["execution_provider"].CopyFrom(_param(self._core.provider.provider))
-        response.parameters["execution_provider_reason"].CopyFrom(
-            _param(self._core.provider.reason)
-        )
+            name=server.name, version=server.version, extensions=server.extensions)
+        for key, value in server.parameters.items():
+            response.parameters[key].CopyFrom(_param(value))
         return response
 
     async def ModelMetadata(self, request, context):
-        model = self._core.model(request.name, request.version)
-        config = model.config
+        model = self._core.describe(request.name, request.version)
+        note_call(model.name, model.version)
         response = pb.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(v.version) for v in self._core.repository.loaded_versions(model.name)],
-            platform=config.platform,
-        )
-        for group, specs in ((response.inputs, config.inputs), (response.outputs, config.outputs)):
-            for spec in specs:
-                group.add(name=spec.name, datatype=spec.datatype, shape=full_shape(spec, config))
-        params = {"execution_provider": model.runtime.provider, **task_parameters(config)}
-        for key, value in params.items():
+            name=model.name, versions=model.versions, platform=model.platform)
+        for group, tensors in ((response.inputs, model.inputs), (response.outputs, model.outputs)):
+            for tensor in tensors:
+                group.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        for key, value in model.parameters.items():
             response.parameters[key].CopyFrom(_param(value))
         return response
 
@@ -118,61 +94,42 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Wire bytes in and out (see `add_to_server` and kserve_codec)."""
         request, raw = split_infer_request(request_bytes)
         arrays, declared = decode_inputs(request, raw)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
         result = await self._core.infer(
             request.model_name,
             request.model_version,
             arrays,
             declared,
             [output.name for output in request.outputs],
-            deadline,
+            deadline_of(context),
         )
-        size = sum(array.nbytes for array in result.outputs.values())
-        if size + MESSAGE_ENVELOPE_BYTES > self._max_message_bytes:
-            raise ResourceExhausted(
-                f"the response needs {size} bytes of outputs, more than the "
-                f"{self._max_message_bytes}-byte message limit; send fewer items per request "
-                "or request fewer outputs"
-            )
+        model = result.model
+        note_call(model.name, model.version_label)
+        check_response_fits(sum(array.nbytes for array in result.outputs.values()),
+                            self._max_message_bytes, "the response",
+                            "send fewer items per request or request fewer outputs")
         head = pb.ModelInferResponse(
-            model_name=result.model.name, model_version=result.model.version_label, id=request.id
-        )
-        datatypes = {spec.name: spec.datatype for spec in result.model.config.outputs}
+            model_name=model.name, model_version=model.version_label, id=request.id)
+        datatypes = {spec.name: spec.datatype for spec in model.config.outputs}
         return infer_response_bytes(head, result.outputs, datatypes)
 
     async def ModelStatistics(self, request, context):
         if request.name:
-            self._core.model(request.name, request.version)  # NotFound for unknown ones
-            versions = [v for v in self._core.repository.loaded_versions(request.name)
-                        if not request.version or v.version_label == request.version]
-        else:
-            versions = self._core.repository.loaded_versions()
+            model = self._core.describe(request.name, request.version)  # NotFound when unknown
+            note_call(model.name, model.version)
+        versions = self._core.statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[_statistics(v) for v in versions])
 
     async def RepositoryIndex(self, request, context):
         response = pb.RepositoryIndexResponse()
-        seen = set()
-        for entry in self._core.repository.entries():
-            seen.add(entry.name)
-            if entry.versions:
-                for number in sorted(entry.versions):
-                    response.models.add(name=entry.name, version=str(number), state="READY")
-            elif not request.ready:
-                response.models.add(name=entry.name, state=entry.state.value, reason=entry.reason)
-        if not request.ready:
-            for name in self._core.repository.available_names():
-                if name not in seen:
-                    response.models.add(
-                        name=name, state=ModelState.UNAVAILABLE.value, reason="not loaded"
-                    )
+        for row in self._core.repository_index(ready_only=request.ready):
+            response.models.add(name=row.name, version=row.version, state=row.state,
+                                reason=row.reason)
         return response
 
     async def ModelConfig(self, request, context):
-        model = self._core.model(request.name, request.version)
-        return pb.ModelConfigResponse(
-            config=to_triton(model.config, model.name, model.runtime.provider)
-        )
+        model, config = self._core.model_config(request.name, request.version)
+        note_call(model.name, model.version)
+        return pb.ModelConfigResponse(config=to_triton(model, config))
 
     async def RepositoryModelLoad(self, request, context):
         self._check_repository(request.repository_name)
@@ -230,11 +187,11 @@ def _duration(target: pb.StatisticDuration, source) -> None:
     target.count, target.ns = source.count, source.ns
 
 
-def _statistics(model: ModelVersion) -> pb.ModelStatistics:
+def _statistics(model: VersionStatistics) -> pb.ModelStatistics:
     stats = model.stats
     out = pb.ModelStatistics(
         name=model.name,
-        version=model.version_label,
+        version=model.version,
         last_inference=stats.last_inference_ms,
         inference_count=stats.inference_count,
         execution_count=stats.execution_count,

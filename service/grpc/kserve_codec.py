@@ -20,19 +20,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from service._proto import grpc_service_pb2 as pb
-from service.core.tensors import numpy_dtype
+from service.core.datatypes import CONTENTS_FIELDS, DATATYPES
+from service.core.tensors import check_dims, numpy_dtype
 from service.errors import InvalidArgument
-
-# Datatype -> the InferTensorContents field that carries it (FP16 has none: raw only).
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
-}
-_ALL_CONTENTS_FIELDS = sorted(set(CONTENTS_FIELD.values()) | {"bytes_contents"})
 
 
 # Field numbers and length-delimited keys of the repeated bytes fields (grpc_service.proto).
@@ -134,10 +124,7 @@ def decode_inputs(
             raise InvalidArgument(f"input '{name}' appears more than once in inputs")
         dtype = numpy_dtype(tensor.datatype, f"input '{name}'")
         shape = list(tensor.shape)
-        if any(d < 1 for d in shape):
-            # Empty tensors are refused too: no model here takes one, and a zero dim beside a
-            # huge one would otherwise pass the byte-count check.
-            raise InvalidArgument(f"input '{name}': shape dims must be >= 1, got {shape}")
+        check_dims(name, shape)
         count = math.prod(shape)
         if raw:
             arrays[name] = _from_raw(name, index, tensor, raw[index], dtype, shape, count)
@@ -162,7 +149,7 @@ def _from_raw(name, index, tensor, buffer: memoryview | bytes, dtype: np.dtype, 
 
 
 def _from_contents(name, tensor, dtype: np.dtype, shape, count) -> np.ndarray:
-    field = CONTENTS_FIELD.get(tensor.datatype)
+    field = DATATYPES[tensor.datatype].contents_field
     if field is None:
         raise InvalidArgument(
             f"input '{name}': {tensor.datatype} has no typed contents field; "
@@ -170,7 +157,7 @@ def _from_contents(name, tensor, dtype: np.dtype, shape, count) -> np.ndarray:
         )
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        others = [f for f in _ALL_CONTENTS_FIELDS if f != field and len(getattr(tensor.contents, f))]
+        others = [f for f in CONTENTS_FIELDS if f != field and len(getattr(tensor.contents, f))]
         hint = f" (values came in contents.{others[0]})" if others else ""
         raise InvalidArgument(
             f"input '{name}': contents.{field} has {len(values)} values; shape {shape} of "

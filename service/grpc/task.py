@@ -6,28 +6,58 @@ the interceptor maps to statuses.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
-from PIL import Image
 
 from service._proto import task_service_pb2 as pb
 from service._proto import task_service_pb2_grpc as pb_grpc
+from service.core.description import IndexEntry, ModelDescription
 from service.core.inference import InferenceCore
 from service.core.repository import ModelVersion
-from service.core.tensors import full_shape
-from service.settings import MESSAGE_ENVELOPE_BYTES
-from service.errors import InvalidArgument, ResourceExhausted
+from service.errors import InvalidArgument
+from service.grpc.calls import deadline_of, note_call
+from service.limits import MESSAGE_ENVELOPE_BYTES, check_response_fits
 from service.tasks import images as img
 from service.tasks.core import TaskCore
+from service.tasks.pixels import RowCanvas
 
 # Streamed chunks stay around this size (and well under the message limit).
 _CHUNK_BYTES = 1 << 20
 
 
-def _deadline(context) -> float | None:
-    remaining = context.time_remaining()
-    return time.monotonic() + remaining if remaining is not None else None
+def _image_data(image: pb.Image, where: str) -> img.ImageData:
+    kind = image.WhichOneof("data")
+    if kind == "encoded":
+        return img.EncodedImage(image.encoded)
+    if kind == "raw":
+        raw = image.raw
+        return img.RawPixels(raw.pixels, raw.height, raw.width, raw.channels)
+    raise InvalidArgument(f"{where}: give encoded (PNG/JPEG bytes) or raw pixels")
+
+
+def _images_in(images) -> list[img.ImageData]:
+    return [_image_data(image, f"images[{i}]") for i, image in enumerate(images)]
+
+
+def _raw(pixels: np.ndarray) -> pb.Image:
+    """An HxW or HxWxC uint8 array as a raw image message."""
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    return pb.Image(raw=pb.RawImage(pixels=pixels.tobytes(), height=pixels.shape[0],
+                                    width=pixels.shape[1], channels=channels))
+
+
+def _image_out(picture, image_format: int) -> pb.Image:
+    if image_format == pb.RAW:
+        return _raw(np.asarray(picture))
+    return pb.Image(encoded=img.encode_png(picture))
+
+
+def _vectors(latents) -> list[list[float]]:
+    return [list(v.values) for v in latents]
+
+
+def _noted(model: ModelVersion) -> tuple[str, str]:
+    note_call(model.name, model.version_label)
+    return model.name, model.version_label
 
 
 class TaskServicer(pb_grpc.TaskServiceServicer):
@@ -36,48 +66,16 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self._tasks = tasks
         self._max_message_bytes = max_message_bytes
 
-    # -- conversions ----------------------------------------------------------------------------
-
-    def _pictures(self, images, field: str = "images"):
-        limits = self._tasks.limits
-        if len(images) > limits.max_images:
-            raise InvalidArgument(f"{field}: expected 1..{limits.max_images} items, got {len(images)}")
-        return [self._picture(image, f"{field}[{i}]") for i, image in enumerate(images)]
-
-    def _picture(self, image: pb.Image, where: str):
-        kind = image.WhichOneof("data")
-        if kind == "encoded":
-            return img.decode_encoded(image.encoded, where, self._tasks.limits.image)
-        if kind == "raw":
-            raw = image.raw
-            return img.decode_raw(raw.pixels, raw.height, raw.width, raw.channels, where,
-                                  self._tasks.limits.image)
-        raise InvalidArgument(f"{where}: give encoded (PNG/JPEG bytes) or raw pixels")
-
-    @staticmethod
-    def _image(picture, image_format: int) -> pb.Image:
-        if image_format == pb.RAW:
-            array = np.asarray(picture)
-            channels = 1 if array.ndim == 2 else array.shape[2]
-            return pb.Image(raw=pb.RawImage(pixels=array.tobytes(), height=array.shape[0],
-                                            width=array.shape[1], channels=channels))
-        return pb.Image(encoded=img.encode_png(picture))
-
-    @staticmethod
-    def _vectors(latents) -> list[list[float]]:
-        return [list(v.values) for v in latents]
-
-    # -- RPCs -----------------------------------------------------------------------------------
-
     async def Classify(self, request, context):
         model, results = await self._tasks.classify(
-            request.model, request.version, self._pictures(request.images), request.top_k,
-            _deadline(context))
-        response = pb.ClassifyResponse(model=model.name, version=model.version_label)
+            request.model, request.version, _images_in(request.images), request.top_k,
+            deadline_of(context))
+        name, version = _noted(model)
+        response = pb.ClassifyResponse(model=name, version=version)
         for result in results:
             entry = response.results.add(conversion=result.conversion)
-            for index, name, probability in result.labels:
-                entry.labels.add(index=index, name=name, probability=probability)
+            for index, label, probability in result.labels:
+                entry.labels.add(index=index, name=label, probability=probability)
         return response
 
     async def Generate(self, request, context):
@@ -90,104 +88,108 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             count=request.count,
             seed=request.seed if request.HasField("seed") else None,
             class_label=request.class_label if request.HasField("class_label") else None,
-            latents=self._vectors(request.latents),
+            latents=_vectors(request.latents),
             interpolation=interpolation,
-            deadline=_deadline(context),
+            deadline=deadline_of(context),
         )
+        name, version = _noted(model)
         return pb.GenerateResponse(
-            model=model.name, version=model.version_label, seed=generated.seed,
-            images=[self._image(p, request.format) for p in generated.images],
+            model=name, version=version, seed=generated.seed,
+            images=[_image_out(p, request.format) for p in generated.images],
             latents=[pb.LatentVector(values=v.tolist()) for v in generated.latents],
         )
 
     async def SuperResolve(self, request, context):
-        model, plan = self._plan(request, context)
-        raw_bytes = plan.width * plan.height * plan.channels
+        async with self._tasks.upscale(request.model, request.version, self._image_in(request),
+                                       deadline_of(context)) as (model, plan):
+            name, version = _noted(model)
+            # A PNG is never much larger than its raw pixels: refuse from the planned size,
+            # before any tile is computed.
+            check_response_fits(plan.raw_bytes, self._max_message_bytes, "the upscaled image",
+                                "use SuperResolveStream")
+            canvas = RowCanvas(plan.height, plan.width, plan.channels)
+            async for strip in plan.strips:
+                canvas.put(strip.row_start, strip.pixels)
         if request.format == pb.RAW:
-            self._check_fits(raw_bytes)
-        output = np.empty((plan.height, plan.width, plan.channels), np.uint8)
-        async for strip in plan.strips:
-            output[strip.row_start:strip.row_start + strip.pixels.shape[0]] = strip.pixels
-        picture = Image.fromarray(output[:, :, 0] if plan.channels == 1 else output)
-        image = self._image(picture, request.format)
-        self._check_fits(image.ByteSize())
-        return pb.SuperResolveResponse(model=model.name, version=model.version_label,
-                                       image=image, scale=plan.scale, conversion=plan.conversion)
+            image = _raw(canvas.pixels)
+        else:
+            image = pb.Image(encoded=img.encode_png(canvas.image()))
+            check_response_fits(len(image.encoded), self._max_message_bytes,
+                                "the upscaled image", "use SuperResolveStream")
+        return pb.SuperResolveResponse(model=name, version=version, image=image,
+                                       scale=plan.scale, conversion=plan.conversion)
 
     async def SuperResolveStream(self, request, context):
-        _, plan = self._plan(request, context)
-        row_bytes = plan.width * plan.channels
-        chunk_bytes = min(_CHUNK_BYTES, (self._max_message_bytes - MESSAGE_ENVELOPE_BYTES) // 2)
-        rows_per_chunk = max(1, chunk_bytes // row_bytes)
-        async for strip in plan.strips:
-            for offset in range(0, strip.pixels.shape[0], rows_per_chunk):
-                rows = strip.pixels[offset:offset + rows_per_chunk]
-                yield pb.SuperResolveChunk(
-                    width=plan.width, height=plan.height, channels=plan.channels,
-                    scale=plan.scale, row_start=strip.row_start + offset,
-                    row_count=rows.shape[0], pixels=rows.tobytes(),
-                )
+        async with self._tasks.upscale(request.model, request.version, self._image_in(request),
+                                       deadline_of(context)) as (model, plan):
+            _noted(model)
+            row_bytes = plan.width * plan.channels
+            chunk_bytes = min(_CHUNK_BYTES,
+                              (self._max_message_bytes - MESSAGE_ENVELOPE_BYTES) // 2)
+            rows_per_chunk = max(1, chunk_bytes // row_bytes)
+            async for strip in plan.strips:
+                for offset in range(0, strip.pixels.shape[0], rows_per_chunk):
+                    rows = strip.pixels[offset:offset + rows_per_chunk]
+                    yield pb.SuperResolveChunk(
+                        width=plan.width, height=plan.height, channels=plan.channels,
+                        scale=plan.scale, row_start=strip.row_start + offset,
+                        row_count=rows.shape[0], pixels=rows.tobytes(),
+                    )
 
-    def _plan(self, request, context):
+    @staticmethod
+    def _image_in(request) -> img.ImageData:
         if not request.HasField("image"):
             raise InvalidArgument("image: an image is required")
-        picture = self._picture(request.image, "image")
-        return self._tasks.plan_upscale(request.model, request.version, picture,
-                                        _deadline(context))
-
-    def _check_fits(self, size: int) -> None:
-        if size + MESSAGE_ENVELOPE_BYTES > self._max_message_bytes:
-            raise ResourceExhausted(
-                f"the upscaled image needs {size} bytes, more than the {self._max_message_bytes}"
-                "-byte message limit; use SuperResolveStream"
-            )
+        return _image_data(request.image, "image")
 
     async def Encode(self, request, context):
         model, latents = await self._tasks.encode(
-            request.model, request.version, self._pictures(request.images), _deadline(context))
-        return pb.EncodeResponse(model=model.name, version=model.version_label,
+            request.model, request.version, _images_in(request.images), deadline_of(context))
+        name, version = _noted(model)
+        return pb.EncodeResponse(model=name, version=version,
                                  latents=[pb.LatentVector(values=v.tolist()) for v in latents])
 
     async def Decode(self, request, context):
         model, pictures = await self._tasks.decode(
-            request.model, request.version, self._vectors(request.latents), _deadline(context))
-        return pb.DecodeResponse(model=model.name, version=model.version_label,
-                                 images=[self._image(p, request.format) for p in pictures])
+            request.model, request.version, _vectors(request.latents), deadline_of(context))
+        name, version = _noted(model)
+        return pb.DecodeResponse(model=name, version=version,
+                                 images=[_image_out(p, request.format) for p in pictures])
 
     async def Reconstruct(self, request, context):
         model, pictures, errors = await self._tasks.reconstruct(
-            request.model, request.version, self._pictures(request.images), _deadline(context))
+            request.model, request.version, _images_in(request.images), deadline_of(context))
+        name, version = _noted(model)
         return pb.ReconstructResponse(
-            model=model.name, version=model.version_label, errors=errors,
-            images=[self._image(p, request.format) for p in pictures])
+            model=name, version=version, errors=errors,
+            images=[_image_out(p, request.format) for p in pictures])
 
     async def ListModels(self, request, context):
         response = pb.ListModelsResponse()
-        for entry in self._core.repository.entries():
-            if entry.versions:
-                response.models.append(self._info(entry.versions[max(entry.versions)]))
+        for listed in self._core.list_models():
+            if isinstance(listed, IndexEntry):
+                response.models.add(name=listed.name, state=listed.state, reason=listed.reason)
             else:
-                response.models.add(name=entry.name, state=entry.reason or entry.state.value)
+                response.models.append(_info(listed))
         return response
 
     async def DescribeModel(self, request, context):
-        if not request.model:
-            raise InvalidArgument("model: a model name is required")
-        return self._info(self._core.model(request.model, request.version))
+        model = self._tasks.describe(request.model, request.version)
+        note_call(model.name, model.version)
+        return _info(model)
 
-    def _info(self, model: ModelVersion) -> pb.ModelInfo:
-        config, task = model.config, model.config.task
-        info = pb.ModelInfo(
-            name=model.name,
-            versions=[v.version_label for v in self._core.repository.loaded_versions(model.name)],
-            task_kind=task.kind.value, labels=task.labels or [],
-            num_classes=task.num_classes or 0, latent_size=task.latent_size or 0,
-            upscale_factor=task.upscale_factor or 0, color_mode=task.color_mode or "",
-            execution_provider=model.runtime.provider, max_batch_size=config.max_batch_size,
-            state="READY",
-        )
-        for group, specs in ((info.inputs, config.inputs), (info.outputs, config.outputs)):
-            for spec in specs:
-                group.add(name=spec.name, datatype=spec.datatype, shape=full_shape(spec, config))
-        return info
 
+def _info(model: ModelDescription) -> pb.ModelInfo:
+    task = model.task
+    info = pb.ModelInfo(
+        name=model.name, versions=model.versions,
+        task_kind=task.kind.value, labels=task.labels or [],
+        num_classes=task.num_classes or 0, latent_size=task.latent_size or 0,
+        upscale_factor=task.upscale_factor or 0, color_mode=task.color_mode or "",
+        execution_provider=model.execution_provider, max_batch_size=model.max_batch_size,
+        state="READY",
+    )
+    for group, tensors in ((info.inputs, model.inputs), (info.outputs, model.outputs)):
+        for tensor in tensors:
+            group.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+    return info

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from service.tasks.pixels import to_uint8
 from service.tasks.tiling import Window
 
 # Rows of context around a strip when resizing chroma and alpha, beyond bicubic's 2-pixel support,
@@ -33,10 +34,6 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
 
 def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
     return (ycbcr.astype(np.float32) - _OFFSET) @ _TO_RGB.T
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def upscaled_band(channel: Image.Image, row: Window, scale: int, rows: int) -> np.ndarray:
@@ -73,7 +70,7 @@ class ColourPlan:
             pixels = ycbcr_to_rgb(np.stack([network[0], cb, cr], axis=-1))
         else:  # grey: studio-range luma back to full range
             pixels = ((network[0] - 16.0) * (255.0 / 219.0))[:, :, None]
-        pixels = _to_uint8(pixels)
+        pixels = to_uint8(pixels)
         if self.alpha is not None:
             if pixels.shape[2] == 1:
                 pixels = np.repeat(pixels, 3, axis=2)  # grey with alpha goes out as RGBA
@@ -96,6 +93,6 @@ def plan_colour(picture: Image.Image, color_mode: str) -> ColourPlan:
         return ColourPlan((16.0 + grey * (219.0 / 255.0))[None], "grey", None, alpha,
                           "converted to grey")
     ycbcr = rgb_to_ycbcr(np.asarray(base.convert("RGB")))
-    chroma = tuple(Image.fromarray(_to_uint8(ycbcr[:, :, i])) for i in (1, 2))
+    chroma = tuple(Image.fromarray(to_uint8(ycbcr[:, :, i])) for i in (1, 2))
     return ColourPlan(ycbcr[:, :, 0][None], "y", chroma, alpha,
                       "Y (BT.601) through the network, CbCr bicubic")

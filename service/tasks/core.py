@@ -9,19 +9,22 @@ new code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from service.core.config import TaskKind
+from service.core.description import ModelDescription
 from service.core.inference import InferenceCore
 from service.core.repository import ModelVersion
 from service.errors import InvalidArgument
 from service.tasks import images as img
 from service.tasks.colour import ColourPlan, plan_colour
+from service.tasks.pixels import to_uint8
 from service.tasks.tiling import Window, tile_windows
 
 AUTOENCODERS = (TaskKind.AUTOENCODER,)
@@ -71,6 +74,19 @@ class UpscalePlan:
     conversion: str
     strips: AsyncIterator[Strip]
 
+    @property
+    def raw_bytes(self) -> int:
+        return self.width * self.height * self.channels
+
+
+def _require_name(name: str) -> None:
+    if not name:
+        raise InvalidArgument("model: a model name is required")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
 
 class TaskCore:
     def __init__(self, core: InferenceCore, limits: TaskLimits):
@@ -79,23 +95,34 @@ class TaskCore:
 
     # -- shared -------------------------------------------------------------------------------
 
-    def model(self, name: str, version: str, kinds: tuple[TaskKind, ...], rpc: str) -> ModelVersion:
-        if not name:
-            raise InvalidArgument("model: a model name is required")
-        model = self._core.model(name, version)
-        kind = model.config.task.kind
-        if kind not in kinds:
-            wanted = " or ".join(k.value for k in kinds)
-            raise InvalidArgument(
-                f"model: '{name}' is a {kind.value} model; {rpc} needs a {wanted} model"
-            )
-        if model.config.max_batch_size < 1:
-            raise InvalidArgument(f"model: '{name}' has no batch axis; the task API needs one")
-        return model
+    @contextlib.asynccontextmanager
+    async def _hold(self, name: str, version: str, kinds: tuple[TaskKind, ...],
+                    rpc: str) -> AsyncIterator[ModelVersion]:
+        """The model version for one task call, held until the call ends."""
+        _require_name(name)
+        async with self._core.hold(name, version) as model:
+            kind = model.config.task.kind.value
+            if model.config.task.kind not in kinds:
+                wanted = " or ".join(k.value for k in kinds)
+                raise InvalidArgument(f"model: '{name}' is {_article(kind)} {kind} model; {rpc} "
+                                      f"needs {_article(wanted)} {wanted} model")
+            if model.config.max_batch_size < 1:
+                raise InvalidArgument(f"model: '{name}' has no batch axis; the task API needs one")
+            yield model
+
+    def describe(self, name: str, version: str) -> ModelDescription:
+        _require_name(name)
+        return self._core.describe(name, version)
 
     def check_count(self, count: int, field: str, limit: int) -> None:
         if count < 1 or count > limit:
             raise InvalidArgument(f"{field}: expected 1..{limit} items, got {count}")
+
+    def _decode(self, images: Sequence[img.ImageData], field: str) -> list[Image.Image]:
+        """Count first, then decode: a request of too many images costs no decoding."""
+        self.check_count(len(images), field, self.limits.max_images)
+        return [img.decode(image, f"{field}[{i}]", self.limits.image)
+                for i, image in enumerate(images)]
 
     async def _run(
         self, model: ModelVersion, inputs: dict[str, np.ndarray], deadline: float | None
@@ -104,16 +131,13 @@ class TaskCore:
         with other traffic; outputs are concatenated back in order."""
         total = len(next(iter(inputs.values())))
         step = model.config.max_batch_size
-        declared = {spec.name: spec.datatype for spec in model.config.inputs}
         parts = await asyncio.gather(*(
-            self._core.infer(model.name, model.version_label,
-                             {k: v[start:start + step] for k, v in inputs.items()},
-                             declared, [], deadline)
+            self._core.run(model, {k: v[start:start + step] for k, v in inputs.items()}, deadline)
             for start in range(0, total, step)
         ))
         if len(parts) == 1:
-            return parts[0].outputs
-        return {name: np.concatenate([p.outputs[name] for p in parts]) for name in parts[0].outputs}
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _image_batch(self, model: ModelVersion, pictures: list[Image.Image]):
         spec = model.config.inputs[0]
@@ -129,7 +153,7 @@ class TaskCore:
     def _images_out(self, model: ModelVersion, tensor: np.ndarray):
         """NxCxHxW model output to (uint8 images, unrounded 0..255 floats)."""
         pixels = img.unscale_pixels(tensor, model.config.task.output_scaling)
-        return [img.chw_to_image(img.to_uint8(p)) for p in pixels], pixels
+        return [img.chw_to_image(to_uint8(p)) for p in pixels], pixels
 
     def _latents(self, model: ModelVersion, vectors: list[list[float]], field: str) -> np.ndarray:
         size = model.config.task.latent_size
@@ -156,11 +180,15 @@ class TaskCore:
     # -- RPCs ---------------------------------------------------------------------------------
 
     async def classify(
-        self, name: str, version: str, pictures: list[Image.Image], top_k: int,
+        self, name: str, version: str, images: Sequence[img.ImageData], top_k: int,
         deadline: float | None,
     ) -> tuple[ModelVersion, list[Classified]]:
-        model = self.model(name, version, CLASSIFIERS, "Classify")
-        self.check_count(len(pictures), "images", self.limits.max_images)
+        async with self._hold(name, version, CLASSIFIERS, "Classify") as model:
+            return model, await self._classify(model, self._decode(images, "images"), top_k,
+                                               deadline)
+
+    async def _classify(self, model: ModelVersion, pictures: list[Image.Image], top_k: int,
+                        deadline: float | None) -> list[Classified]:
         task = model.config.task
         classes = task.num_classes or len(task.labels or [])
         top_k = top_k or 1
@@ -175,15 +203,20 @@ class TaskCore:
             best = np.argsort(-row, kind="stable")[:top_k]
             results.append(Classified([(int(i), labels[i], float(row[i])) for i in best],
                                       conversion))
-        return model, results
+        return results
 
     async def generate(
         self, name: str, version: str, *, count: int, seed: int | None, class_label: int | None,
         latents: list[list[float]], interpolation: tuple[list[float], list[float], int] | None,
         deadline: float | None,
     ) -> tuple[ModelVersion, Generated]:
-        model = self.model(name, version, GENERATORS, "Generate")
-        task = model.config.task
+        async with self._hold(name, version, GENERATORS, "Generate") as model:
+            return model, await self._generate(model, count, seed, class_label, latents,
+                                               interpolation, deadline)
+
+    async def _generate(self, model, count, seed, class_label, latents, interpolation,
+                        deadline) -> Generated:
+        name, task = model.name, model.config.task
         conditional = task.kind is TaskKind.CONDITIONAL_GENERATOR
         if conditional and class_label is None:
             raise InvalidArgument(
@@ -230,57 +263,59 @@ class TaskCore:
             )
         outputs = await self._run(model, inputs, deadline)
         pictures, _ = self._images_out(model, outputs[model.config.outputs[0].name])
-        return model, Generated(pictures, vectors, seed)
+        return Generated(pictures, vectors, seed)
 
-    async def encode(self, name, version, pictures, deadline):
-        model = self.model(name, version, ENCODERS, "Encode")
-        self.check_count(len(pictures), "images", self.limits.max_images)
-        input_name, batch, _ = self._image_batch(model, pictures)
-        outputs = await self._run(model, {input_name: batch}, deadline)
-        return model, outputs[model.config.outputs[0].name].reshape(len(pictures), -1)
+    async def encode(self, name, version, images, deadline) -> tuple[ModelVersion, np.ndarray]:
+        async with self._hold(name, version, ENCODERS, "Encode") as model:
+            input_name, batch, _ = self._image_batch(model, self._decode(images, "images"))
+            outputs = await self._run(model, {input_name: batch}, deadline)
+            return model, outputs[model.config.outputs[0].name].reshape(len(batch), -1)
 
     async def decode(self, name, version, latents, deadline):
-        model = self.model(name, version, DECODERS, "Decode")
-        self.check_count(len(latents), "latents", self.limits.max_images)
-        vectors = self._latents(model, latents, "latents")
-        latent_name, latent_shape = self._latent_input(model)
-        outputs = await self._run(
-            model, {latent_name: vectors.reshape(len(vectors), *latent_shape)}, deadline
-        )
-        return model, self._images_out(model, outputs[model.config.outputs[0].name])[0]
+        async with self._hold(name, version, DECODERS, "Decode") as model:
+            self.check_count(len(latents), "latents", self.limits.max_images)
+            vectors = self._latents(model, latents, "latents")
+            latent_name, latent_shape = self._latent_input(model)
+            outputs = await self._run(
+                model, {latent_name: vectors.reshape(len(vectors), *latent_shape)}, deadline
+            )
+            return model, self._images_out(model, outputs[model.config.outputs[0].name])[0]
 
-    async def reconstruct(self, name, version, pictures, deadline):
-        model = self.model(name, version, AUTOENCODERS, "Reconstruct")
-        self.check_count(len(pictures), "images", self.limits.max_images)
-        input_name, batch, _ = self._image_batch(model, pictures)
-        outputs = await self._run(model, {input_name: batch}, deadline)
-        rebuilt, pixels = self._images_out(model, outputs[model.config.outputs[0].name])
-        originals = img.unscale_pixels(batch, model.config.task.input_scaling)
-        errors = (((pixels - originals) / 255.0) ** 2).reshape(len(pictures), -1).mean(axis=1)
-        return model, rebuilt, [float(e) for e in errors]
+    async def reconstruct(self, name, version, images, deadline):
+        async with self._hold(name, version, AUTOENCODERS, "Reconstruct") as model:
+            input_name, batch, _ = self._image_batch(model, self._decode(images, "images"))
+            outputs = await self._run(model, {input_name: batch}, deadline)
+            rebuilt, pixels = self._images_out(model, outputs[model.config.outputs[0].name])
+            originals = img.unscale_pixels(batch, model.config.task.input_scaling)
+            errors = (((pixels - originals) / 255.0) ** 2).reshape(len(batch), -1).mean(axis=1)
+            return model, rebuilt, [float(e) for e in errors]
 
     # -- super-resolution -----------------------------------------------------------------------
 
-    def plan_upscale(self, name: str, version: str, picture: Image.Image,
-                     deadline: float | None) -> tuple[ModelVersion, UpscalePlan]:
-        """Validate and describe the upscale; its strips are computed lazily, tile row by tile
-        row, so memory stays bounded by one row of tiles."""
-        model = self.model(name, version, SUPER_RESOLUTION, "SuperResolve")
-        task = model.config.task
-        scale = task.upscale_factor
-        network_channels = model.config.inputs[0].shape[0]
-        colour = plan_colour(picture, task.color_mode or ("rgb" if network_channels == 3 else "y"))
-        width, height = picture.size
-        tile, overlap = self.limits.tile_size, self.limits.tile_overlap
-        rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
-        how = colour.description + (", alpha resized" if colour.alpha is not None else "")
-        plan = UpscalePlan(
-            width=width * scale, height=height * scale, channels=colour.channels, scale=scale,
-            conversion=(f"{picture.mode} {width}x{height}: {how}; {len(rows) * len(cols)} "
-                        f"tile(s) of at most {tile}x{tile} (overlap {overlap}) at x{scale}"),
-            strips=self._strips(model, colour, rows, cols, deadline),
-        )
-        return model, plan
+    @contextlib.asynccontextmanager
+    async def upscale(self, name: str, version: str, image: img.ImageData,
+                      deadline: float | None) -> AsyncIterator[tuple[ModelVersion, UpscalePlan]]:
+        """Validate and describe the upscale. Its strips are computed lazily, tile row by tile
+        row, so memory stays bounded by one row of tiles; the model version is held until the
+        block ends, so every strip comes from the version the upscale started on."""
+        async with self._hold(name, version, SUPER_RESOLUTION, "SuperResolve") as model:
+            picture = img.decode(image, "image", self.limits.image)
+            task = model.config.task
+            scale = task.upscale_factor
+            network_channels = model.config.inputs[0].shape[0]
+            colour = plan_colour(picture,
+                                 task.color_mode or ("rgb" if network_channels == 3 else "y"))
+            width, height = picture.size
+            tile, overlap = self.limits.tile_size, self.limits.tile_overlap
+            rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
+            how = colour.description + (", alpha resized" if colour.alpha is not None else "")
+            yield model, UpscalePlan(
+                width=width * scale, height=height * scale, channels=colour.channels,
+                scale=scale,
+                conversion=(f"{picture.mode} {width}x{height}: {how}; {len(rows) * len(cols)} "
+                            f"tile(s) of at most {tile}x{tile} (overlap {overlap}) at x{scale}"),
+                strips=self._strips(model, colour, rows, cols, deadline),
+            )
 
     async def _strips(self, model: ModelVersion, colour: ColourPlan, rows: list[Window],
                       cols: list[Window], deadline) -> AsyncIterator[Strip]:

@@ -13,16 +13,43 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.core.config import InputScaling
+from service.core.config import PixelScaling
 from service.errors import InvalidArgument
+from service.tasks.pixels import MODE_BY_CHANNELS
 
 _ACCEPTED_FORMATS = ("PNG", "JPEG")
-_IDENTITY = InputScaling(scale=1 / 255, mean=0.0, std=1.0)
+_IDENTITY = PixelScaling(scale=1 / 255, mean=0.0, std=1.0)
 
 
 @dataclass(frozen=True)
 class ImageLimits:
     max_pixels: int
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """PNG or JPEG bytes, as a client sent them."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """8-bit pixels, row-major HxWxC, as a client sent them."""
+
+    pixels: bytes
+    height: int
+    width: int
+    channels: int
+
+
+ImageData = EncodedImage | RawPixels
+
+
+def decode(image: ImageData, where: str, limits: ImageLimits) -> Image.Image:
+    if isinstance(image, EncodedImage):
+        return decode_encoded(image.data, where, limits)
+    return decode_raw(image.pixels, image.height, image.width, image.channels, where, limits)
 
 
 def _check_size(width: int, height: int, where: str, limits: ImageLimits) -> None:
@@ -70,8 +97,7 @@ def decode_raw(pixels: bytes, height: int, width: int, channels: int, where: str
             f"{where}: raw.pixels has {len(pixels)} bytes; {height}x{width}x{channels} needs "
             f"{expected}"
         )
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-    return Image.frombytes(mode, (width, height), pixels)
+    return Image.frombytes(MODE_BY_CHANNELS[channels], (width, height), pixels)
 
 
 def normalise_mode(image: Image.Image) -> Image.Image:
@@ -91,7 +117,7 @@ def normalise_mode(image: Image.Image) -> Image.Image:
 
 
 def to_model_input(
-    image: Image.Image, shape: list[int], scaling: InputScaling | None
+    image: Image.Image, shape: list[int], scaling: PixelScaling | None
 ) -> tuple[np.ndarray, str]:
     """An image to one CxHxW float32 input of a fixed-size model, and what was done to it."""
     channels, height, width = shape
@@ -108,21 +134,17 @@ def to_model_input(
     return scale_pixels(array, scaling), " ".join(steps)
 
 
-def scale_pixels(pixels: np.ndarray, scaling: InputScaling | None) -> np.ndarray:
+def scale_pixels(pixels: np.ndarray, scaling: PixelScaling | None) -> np.ndarray:
     s = scaling or _IDENTITY
     return ((pixels * np.float32(s.scale) - np.float32(s.mean)) / np.float32(s.std)).astype(
         np.float32, copy=False
     )
 
 
-def unscale_pixels(values: np.ndarray, scaling: InputScaling | None) -> np.ndarray:
+def unscale_pixels(values: np.ndarray, scaling: PixelScaling | None) -> np.ndarray:
     """Model output values back to 0..255 floats (unrounded)."""
     s = scaling or _IDENTITY
     return (values.astype(np.float32) * np.float32(s.std) + np.float32(s.mean)) / np.float32(s.scale)
-
-
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def chw_to_image(chw: np.ndarray) -> Image.Image:

@@ -1,20 +1,31 @@
 """The deployment files, validated offline: Docker's engine does not run in CI.
 
 Compose against the Compose Specification's schema, Prometheus config and rules with promtool
-(rule unit tests included), the Dockerfiles with hadolint, Grafana provisioning by structure.
+(rule unit tests included), the Dockerfiles with hadolint, Grafana provisioning by structure, and
+the compose Locust image against every import its locustfile reaches (tests/deploy/dockerimage.py
+reads what the image holds from its Dockerfile).
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import posixpath
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+from dockerimage import image_files
 
 ROOT = Path(__file__).resolve().parents[2]
 # Lives beside the repository, in CI as well as here (see ../shared/schemas/README.md).
@@ -179,3 +190,189 @@ def test_service_image_shape():
     assert "torch" not in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ignored[ignored.index("*") + 1:] and "!service/" in ignored and "!protos/" in ignored
+
+
+# -- the compose Locust image ---------------------------------------------------------------------
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(module, whether it must exist) for every import of a file, in functions and fallbacks
+    too; `from M import n` names M, and M.n where n is a submodule (`from service._proto import
+    task_service_pb2`) rather than a name M defines."""
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules += [(alias.name, True) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative imports are not followed here"
+            modules += [(node.module, True)]
+            modules += [(f"{node.module}.{alias.name}", False) for alias in node.names]
+    return modules
+
+
+def _find(module: str, roots: list[str], exists) -> str | None:
+    relative = module.replace(".", "/")
+    for root in roots:
+        for candidate in (f"{root}/{relative}.py", f"{root}/{relative}/__init__.py"):
+            if exists(candidate):
+                return candidate
+    return None
+
+
+@cache
+def _modules_of(distribution: str) -> frozenset[str]:
+    """The dotted names of a distribution's modules and packages."""
+    from importlib.metadata import files
+
+    modules = set()
+    for file in files(distribution) or []:
+        if file.suffix in (".py", ".so"):
+            parts = file.with_suffix("").as_posix().split("/")
+            parts[-1] = parts[-1].split(".")[0]  # name.cpython-311-x86_64-linux-gnu.so
+            modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return frozenset(modules)
+
+
+@cache
+def _distributions_by_top_level() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
+def _distribution(module: str) -> str | None:
+    """The installed distribution that holds `module` (several share `google`, for one)."""
+    candidates = _distributions_by_top_level().get(module.split(".")[0], [])
+    return next((canonicalize_name(name) for name in candidates if module in _modules_of(name)),
+                None)
+
+
+def _dependency_closure(name: str) -> set[str]:
+    from importlib.metadata import distribution
+
+    closure, todo = set(), [name]
+    while todo:
+        current = canonicalize_name(todo.pop())
+        if current in closure:
+            continue
+        closure.add(current)
+        for line in distribution(current).requires or []:
+            requirement = Requirement(line)
+            if not requirement.marker or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return closure
+
+
+def _pins() -> dict[str, Requirement]:
+    """pyproject.toml's pins, extras included, as the installed project's metadata has them."""
+    from importlib.metadata import requires
+
+    return {canonicalize_name(r.name): r for r in map(Requirement, requires("onnx-serve"))}
+
+
+def locust_image_problems(compose: dict, dockerfile: Path, context: Path) -> list[str]:
+    """What the compose Locust image lacks for the locustfile's imports: every module from the
+    repository the locustfile reaches (and the packages above each) at its import path in the
+    image, from that same file or generated from its proto; every other module from a
+    distribution the image's requirements name or its base image's Locust depends on; and the
+    Fashion-MNIST test images `--payload real` reads."""
+    from loadtest.payloads import DEBIAN_FASHION_MNIST
+
+    files, final = image_files(dockerfile, context)
+    commands = {name: compose["services"][name]["command"].split()
+                for name in ("locust-master", "locust-worker")}
+    locustfiles = {command[command.index("-f") + 1] for command in commands.values()}
+    assert len(locustfiles) == 1, f"master and workers run different files: {locustfiles}"
+    (locustfile,) = locustfiles
+    if files.get(locustfile) != ("context", "loadtest/locustfile.py"):
+        return [f"{locustfile} (compose's -f) is not loadtest/locustfile.py in the image"]
+    # Locust puts the locustfile's folder first on sys.path; PYTHONPATH follows.
+    image_roots = [posixpath.dirname(locustfile)] + [
+        p for p in final.env().get("PYTHONPATH", "").split(":") if p]
+    local_roots = [str(ROOT / "loadtest"), str(ROOT)]
+
+    pins = _pins()
+    base, _, tag = final.base.partition(":")
+    assert base == "locustio/locust" and pins["locust"].specifier == SpecifierSet(f"=={tag}")
+    provided = _dependency_closure("locust")  # locally installed at the image's version
+    problems, requirements = [], {}
+    for op, args in final.instructions:
+        if op == "RUN" and "pip install" in args:
+            path = shlex.split(args)[shlex.split(args).index("-r") + 1]
+            origin = files.get(path)
+            assert origin and origin[0] == "context", f"{path} is not from the build context"
+            for line in (context / origin[1]).read_text().splitlines():
+                if line.split("#")[0].strip():
+                    requirement = Requirement(line.split("#")[0])
+                    requirements[canonicalize_name(requirement.name)] = requirement
+    problems += [f"{requirement} in the image, {pins.get(name)} in pyproject.toml"
+                 for name, requirement in requirements.items()
+                 if name not in pins or requirement.specifier != pins[name].specifier]
+
+    seen = set()
+    todo = [(name, required, "loadtest/locustfile.py")
+            for name, required in _imports(ROOT / "loadtest/locustfile.py")]
+    while todo:
+        module, required, importer = todo.pop()
+        parts = module.split(".")
+        if parts[0] in sys.stdlib_module_names or parts[0] == "__future__" or module in seen:
+            continue
+        local = _find(module, local_roots, lambda p: Path(p).is_file())
+        if local is None:
+            distribution = _distribution(module)
+            if distribution is None:
+                if required:
+                    problems.append(f"{module} (imported by {importer}) is not installed here")
+            elif distribution not in requirements.keys() | provided:
+                problems.append(f"{module} (imported by {importer}): {distribution} is neither "
+                                f"in the image's requirements nor a dependency of locust")
+            seen.add(module)
+            continue
+        seen.add(module)
+        todo += [(".".join(parts[:n]), True, importer) for n in range(1, len(parts))]
+        image = _find(module, image_roots, files.__contains__)
+        relative = Path(local).relative_to(ROOT).as_posix()
+        proto = f"protos/{Path(local).name.split('_pb2')[0]}.proto"
+        if image is None:
+            problems.append(f"{module} (imported by {importer}) is not in the image")
+        elif files[image] not in (("context", relative), ("protoc", proto)):
+            problems.append(f"{image} in the image is {files[image]}, not {relative}")
+        else:
+            todo += [(name, required, relative) for name, required in _imports(Path(local))]
+    images = (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").as_posix()
+    if files.get(images) != ("apt", "dataset-fashion-mnist"):
+        problems.append(f"{images} (--payload real) is not in the image")
+    return problems
+
+
+def _locust_build(compose: dict) -> tuple[Path, Path]:
+    master, worker = compose["services"]["locust-master"], compose["services"]["locust-worker"]
+    assert worker["image"] == master["image"] and "build" not in worker
+    assert not master.get("volumes") and not worker.get("volumes")  # the image's files run
+    context = ROOT / master["build"]["context"]
+    return context / master["build"]["dockerfile"], context
+
+
+def test_compose_locust_image_holds_everything_the_locustfile_imports(compose):
+    assert (ROOT / "service/_proto/task_service_pb2.py").is_file(), "run `make proto`"
+    dockerfile, context = _locust_build(compose)
+    assert locust_image_problems(compose, dockerfile, context) == []
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("COPY service/client/ service/client/",
+     "service.client (imported by loadtest/payloads.py) is not in the image"),
+    ("COPY --from=build /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz "
+     "/usr/share/datasets/fashion-mnist/",
+     "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz (--payload real) is not in "
+     "the image"),
+    ("ENV PYTHONPATH=/opt/onnx-serve",
+     "service._proto.task_service_pb2 (imported by loadtest/payloads.py) is not in the image"),
+])
+def test_locust_image_check_finds_what_a_dockerfile_leaves_out(compose, tmp_path, line, problem):
+    dockerfile, context = _locust_build(compose)
+    text = re.sub(r"\\\n\s*", "", dockerfile.read_text())  # one line per instruction
+    assert line in text
+    broken = tmp_path / dockerfile.name
+    broken.write_text(text.replace(line, ""))
+    shutil.copy(dockerfile.with_name(dockerfile.name + ".dockerignore"), tmp_path)
+    assert problem in locust_image_problems(compose, broken, context)

@@ -138,6 +138,45 @@ def test_locust_task_user_refuses_a_model_of_another_kind(bundled_server, tmp_pa
     assert json.loads(Path(f"{prefix}.json").read_text()) == []
 
 
+# Under --processes the master's exit code is the run's (it never reads its workers'), and one
+# line says why, however many workers were refused.
+@pytest.mark.parametrize("args, reason", [
+    (["ClassifyUser", "--model", "espcn_x2"],
+     "ClassifyUser: model 'espcn_x2' is a super_resolution model; Classify needs a classifier "
+     "model"),
+    (["--model", "missing"],
+     "ModelInferUser: ModelMetadata('missing') failed: NOT_FOUND: model 'missing' is not loaded; "
+     f"loaded models: {sorted(TASK_MODELS)}"),
+], ids=["wrong-kind", "missing-model"])
+def test_locust_master_of_two_processes_exits_1_on_a_refused_model(bundled_server, tmp_path,
+                                                                    args, reason):
+    prefix = tmp_path / "run"
+    result = run_locust(bundled_server, prefix, "--processes", "2", *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count(reason) == 1, result.stderr  # by the master, not per worker
+    assert "Traceback" not in result.stderr
+    assert json.loads(Path(f"{prefix}.json").read_text()) == []
+
+
+def test_locust_master_of_two_processes_counts_its_workers_failures(server, tmp_path):
+    """Each worker quits by itself at --max-requests; its last failures still reach the master,
+    whose exit code is then --exit-code-on-error."""
+    name = "ModelInfer affine b16 generated"  # affine's max_batch_size is 8: every call fails
+    before = metric_value(server.metrics_text(), "inference_requests_total", model="affine",
+                          rpc="ModelInfer", code="INVALID_ARGUMENT")
+    prefix = tmp_path / "run"
+    result = run_locust(server, prefix, "--processes", "2", "--max-requests", "5",
+                        "--exit-code-on-error", "3", "--model", "affine", "--batch-size", "16",
+                        "--payload", "generated")
+    assert result.returncode == 3, result.stdout + result.stderr
+    stats = {entry["name"]: entry for entry in json.loads(Path(f"{prefix}.json").read_text())}
+    assert list(stats) == [name]
+    assert stats[name]["num_requests"] == 10 and stats[name]["num_failures"] == 10  # 5 a worker
+    after = metric_value(server.metrics_text(), "inference_requests_total", model="affine",
+                         rpc="ModelInfer", code="INVALID_ARGUMENT")
+    assert after - before == 10
+
+
 def test_closed_loop_client_reports_calls_cpu_and_server_batches(server, repo):
     from loadtest import harness
     from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config

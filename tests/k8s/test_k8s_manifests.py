@@ -231,6 +231,36 @@ def test_pod_runs_locked_down_and_drains_within_its_grace_period(overlay):
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # warm-up headroom
 
 
+@pytest.mark.parametrize("source", [*OVERLAYS, "kserve"])
+def test_connections_age_out_within_a_drain_the_pod_can_wait_for(source):
+    """Clients reconnect, and so re-resolve the Service, once their connection reaches its age:
+    sooner than the HPA's scale-down window, so a scale-out's pods carry calls before the HPA
+    judges them. Calls still running on an aged-out connection get the drain as their grace (the
+    server derives one from the other, service/app.py), which the kubelet waits for after preStop,
+    as it does on SIGTERM."""
+    docs = render(source)
+    if source == "kserve":
+        container = server_container(only(docs, "ServingRuntime")["spec"])
+        pod = only(docs, "InferenceService")["spec"]["predictor"]  # holds the pod's fields
+        env = {**env_of(container), **env_of(pod["model"])}
+        deployment = only(render("base"), "Deployment")["spec"]["template"]["spec"]
+        # KEDA scales it, not the HPA: the age is the Deployment's.
+        assert env["ONNXSERVE_MAX_CONNECTION_AGE_S"] == \
+            env_of(server_container(deployment))["ONNXSERVE_MAX_CONNECTION_AGE_S"]
+        window = None
+    else:
+        pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+        container = server_container(pod)
+        env = env_of(container)
+        hpa = only(docs, "HorizontalPodAutoscaler")
+        window = hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+    age = float(env["ONNXSERVE_MAX_CONNECTION_AGE_S"])
+    drain = float(env["ONNXSERVE_SHUTDOWN_GRACE_S"])
+    assert 0 < age and (window is None or age < window)
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 0 < drain and pod["terminationGracePeriodSeconds"] > pre_stop + drain
+
+
 def test_gpu_overlay_requests_a_gpu_and_cpu_does_not():
     gpu = server_container(only(render("gpu"), "Deployment")["spec"]["template"]["spec"])
     cpu = server_container(only(render("cpu"), "Deployment")["spec"]["template"]["spec"])

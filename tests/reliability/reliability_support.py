@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from servers import metric_value
+from support import code_of, fp32_request, output, slow_request  # noqa: F401 - re-exported
 
 # `make test` runs a few hundred hostile cases in all; HYPOTHESIS_PROFILE=soak runs thousands.
 settings.register_profile(
@@ -41,42 +42,6 @@ CLIENT_STATUSES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.FAILED_PRECONDITION,
 }
-
-
-def slow_request(work: int, model: str = "slow", rows: int = 1,
-                 seed: int | None = None) -> service_pb2.ModelInferRequest:
-    """A request to the slow model: `work` loop trips, `rows` items of 512 values."""
-    x = (np.ones((rows, 512), np.float32) if seed is None
-         else np.random.default_rng(seed).standard_normal((rows, 512)).astype(np.float32))
-    request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="x", datatype="FP32", shape=[rows, 512])
-    request.inputs.add(name="work", datatype="INT64", shape=[rows, 1])
-    request.raw_input_contents.extend([x.tobytes(), np.full((rows, 1), work, np.int64).tobytes()])
-    return request
-
-
-def fp32_request(model: str, x: np.ndarray, name: str = "x",
-                 version: str = "") -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
-    request.inputs.add(name=name, datatype="FP32", shape=list(x.shape))
-    request.raw_input_contents.append(np.ascontiguousarray(x, np.float32).tobytes())
-    return request
-
-
-def output(response: service_pb2.ModelInferResponse, index: int = 0) -> np.ndarray:
-    tensor = response.outputs[index]
-    return np.frombuffer(response.raw_output_contents[index], np.float32).reshape(tensor.shape)
-
-
-def code_of(call) -> grpc.StatusCode:
-    """The status of a finished gRPC future."""
-    try:
-        call.result()
-    except grpc.FutureCancelledError:
-        return grpc.StatusCode.CANCELLED
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 def health_status(channel: grpc.Channel, service: str = "") -> int:

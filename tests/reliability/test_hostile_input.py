@@ -29,22 +29,14 @@ from onnx_builders import (
 from reliability_support import CLIENT_STATUSES, assert_healthy
 from service._proto import task_service_pb2 as pb
 from service._proto import task_service_pb2_grpc as pb_grpc
+from service.core.datatypes import CONTENTS_FIELDS, DATATYPES
 
 MAX_MESSAGE = 1_000_000
 MAX_PIXELS = 128 * 128
 
-NUMPY = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}
+NUMPY = {name: row.numpy for name, row in DATATYPES.items()}
 JUNK_DATATYPES = ["BYTES", "FP8", "", "fp32", "INT128", "FP32 ", "STRING"]
-CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
-}
+CONTENTS = {name: row.contents_field for name, row in DATATYPES.items() if row.contents_field}
 IDENTITIES = {
     "ident_u8": ("UINT8", TensorProto.UINT8), "ident_bool": ("BOOL", TensorProto.BOOL),
     "ident_fp16": ("FP16", TensorProto.FLOAT16), "ident_i64": ("INT64", TensorProto.INT64),
@@ -231,7 +223,7 @@ def tensor_requests(draw) -> service_pb2.ModelInferRequest:
         elif mode == "contents":
             field = CONTENTS.get(datatype, "fp32_contents")
             if bad():
-                field = draw(st.sampled_from(sorted(set(CONTENTS.values()) | {"bytes_contents"})))
+                field = draw(st.sampled_from(CONTENTS_FIELDS))
             fits = count is not None and count <= 50_000
             n = count if fits and not bad() else draw(st.integers(0, 20))
             getattr(tensor.contents, field).extend(typed_values(draw, field, n))

@@ -186,3 +186,37 @@ def test_requests_with_different_item_shapes_are_not_merged(tmp_path):
     for x, result in zip(requests, results):
         np.testing.assert_array_equal(result["y"], x * 2.0)
     assert stats.execution_count < len(requests)  # same-width requests were still merged
+
+
+def test_a_crash_forming_a_batch_fails_its_requests_and_the_queue_then_serves_on(tmp_path,
+                                                                                   caplog):
+    """A fault in the batcher itself (here: requests whose item shapes cannot be concatenated,
+    which the core's validation would have refused) must fail every caller it touched, not hang
+    them, and the worker must go on serving."""
+    parsed, runtime = make_runtime(tmp_path, "slow", slow_graph(), slow_config())
+    work = np.zeros((1, 1), np.int64)
+
+    async def scenario():
+        scheduler, _, _ = make_scheduler(parsed, runtime)
+        busy = asyncio.ensure_future(scheduler.infer(
+            {"x": np.ones((1, 512), np.float32), "work": np.full((1, 1), 20000, np.int64)},
+            1, None))
+        await asyncio.sleep(0)
+        while scheduler.queued:  # the worker has taken the busy request: the rest queue behind
+            await asyncio.sleep(0)
+        queued = [asyncio.ensure_future(scheduler.infer({"x": np.ones((1, width), np.float32),
+                                                         "work": work}, 1, None))
+                  for width in (512, 511, 512)]
+        outcomes = await asyncio.gather(busy, *queued, return_exceptions=True)
+        after = await scheduler.infer({"x": np.full((1, 512), 2.0, np.float32), "work": work},
+                                      1, None)
+        await scheduler.close()
+        return outcomes, after
+
+    (busy, *crashed), after = asyncio.run(scenario())
+    assert "batcher for model 'm' crashed; failing queued requests" in caplog.messages
+    assert np.array_equal(busy["y"], np.ones((1, 512), np.float32))
+    assert [type(outcome) for outcome in crashed] == [InferenceFailed] * 3
+    assert all(str(o) == "inference failed for model 'm'; the server log has details"
+               for o in crashed)
+    assert np.array_equal(after["y"], np.full((1, 512), 2.0, np.float32))

@@ -10,6 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 import grpc
 from servers import start_server
+from support import expect_error
 from onnx import TensorProto
 
 from onnx_builders import (
@@ -55,15 +56,6 @@ def infer_input(name, array, datatype):
     tensor = triton.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
     return tensor
-
-
-def expect_error(call, code: str, *fragments: str) -> str:
-    with pytest.raises(InferenceServerException) as info:
-        call()
-    assert info.value.status() == f"StatusCode.{code}", info.value
-    for fragment in fragments:
-        assert fragment in info.value.message(), info.value.message()
-    return info.value.message()
 
 
 def test_live_ready_and_server_metadata(client):
@@ -147,9 +139,14 @@ def test_statistics_count_requests_and_batches(client):
     assert after.name == "simple" and after.version == "1"
     assert after.inference_stats.success.count == before.inference_stats.success.count + 3
     assert after.inference_count == before.inference_count + 6
-    assert after.execution_count >= before.execution_count + 1
-    assert after.last_inference > 0
-    assert any(b.batch_size >= 2 for b in after.batch_stats)
+    # One call at a time, each alone in the queue: three executions of two items each.
+    assert after.execution_count == before.execution_count + 3
+    assert after.last_inference >= before.last_inference and after.last_inference > 0
+
+    def runs_of_two(stats) -> int:
+        return sum(b.compute_infer.count for b in stats.batch_stats if b.batch_size == 2)
+
+    assert runs_of_two(after) == runs_of_two(before) + 3
     everything = client.get_inference_statistics()
     assert {(s.name, s.version) for s in everything.model_stats} >= {("affine", "1"), ("affine", "2")}
     expect_error(lambda: client.get_inference_statistics("missing"), "NOT_FOUND", "missing")
@@ -184,7 +181,8 @@ def test_unknown_model_and_version(client):
         ("x", np.ones((4,), np.float32), "FP32", ["input 'x': shape must be [-1, 4], got [4]"]),
         ("x", np.ones((9, 4), np.float32), "FP32",
          ["batch size must be <= max_batch_size 8, got 9"]),
-        ("z", np.ones((1, 4), np.float32), "FP32", ["missing input(s) ['x']"]),
+        ("z", np.ones((1, 4), np.float32), "FP32",
+         ["missing input(s) ['x'] and unexpected input(s) ['z']; expected ['x']"]),
     ],
 )
 def test_bad_inputs_are_invalid_argument(client, name, array, datatype, fragments):

@@ -15,8 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from servers import ROOT, metric_value, wait_for
+from service._proto import task_service_pb2 as task_pb
+from service._proto import task_service_pb2_grpc as task_grpc
+from service.client.client import ChannelOptions, TaskClient, assemble_chunks, to_image_message
 from onnx_builders import (
-    save_graph, affine_config, affine_graph, slow_config, slow_graph, write_model,
+    save_graph, affine_config, affine_graph, slow_config, slow_graph, super_resolution_graph,
+    write_model,
 )
 
 
@@ -229,3 +233,36 @@ def test_max_connection_age_closes_connections_and_clients_carry_on(tmp_path, se
         # ... and the next call simply reconnects.
         assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
             health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_streamed_upscale_keeps_its_version_through_a_reload(tmp_path, server_factory):
+    """The stream resolves its model version once: a reload to a new version halfway through
+    neither fails the rest of its strips nor mixes the new version's pixels into them."""
+    unit = {"scale": 1 / 255, "mean": 0.0, "std": 1.0}
+    config = {
+        "max_batch_size": 8,
+        "inputs": [{"name": "low_res", "datatype": "FP32", "shape": [1, -1, -1]}],
+        "outputs": [{"name": "high_res", "datatype": "FP32", "shape": [1, -1, -1]}],
+        "task": {"kind": "super_resolution", "upscale_factor": 2, "color_mode": "y",
+                 "input_scaling": unit, "output_scaling": unit}}
+    write_model(tmp_path, "sr", super_resolution_graph(2, seed=4), config)
+    server = server_factory(tmp_path)
+    # 16 MB of output in 1 MB strips: far more than gRPC's flow-control window, so the server is
+    # still computing strips when the reload lands.
+    image = np.random.default_rng(0).integers(0, 256, (2048, 2048), np.uint8)
+    request = task_pb.SuperResolveRequest(model="sr", image=to_image_message(image))
+    with TaskClient(server.grpc_address, timeout=120) as client, \
+            triton.InferenceServerClient(server.grpc_address) as admin, \
+            grpc.insecure_channel(server.grpc_address,
+                                  options=ChannelOptions().grpc_options()) as channel:
+        version_1 = np.asarray(client.upscale(image, "sr"))
+        stream = task_grpc.TaskServiceStub(channel).SuperResolveStream(request, timeout=120)
+        first = next(stream)
+        save_graph(super_resolution_graph(2, seed=9), tmp_path / "sr" / "2" / "model.onnx")
+        admin.load_model("sr")  # latest: 1, so version 1 stops serving new calls
+        assert admin.get_model_metadata("sr").versions == ["2"]
+        streamed = np.asarray(assemble_chunks([first, *stream]))
+        version_2 = np.asarray(client.upscale(image, "sr"))
+    assert first.row_start == 0 and first.row_count < 4096
+    np.testing.assert_array_equal(streamed, version_1)
+    assert not np.array_equal(version_2, version_1)

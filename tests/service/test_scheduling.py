@@ -12,6 +12,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from servers import metric_value, wait_for
+from support import slow_request
 from onnx_builders import affine_config, affine_graph, slow_config, slow_graph, write_model
 
 
@@ -20,15 +21,6 @@ def server(tmp_path, server_factory):
     write_model(tmp_path, "affine", affine_graph(2.0, 0.5), affine_config())
     write_model(tmp_path, "slow", slow_graph(), slow_config())
     return server_factory(tmp_path)
-
-
-def slow_request(work: int) -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name="slow")
-    request.inputs.add(name="x", datatype="FP32", shape=[1, 512])
-    request.inputs.add(name="work", datatype="INT64", shape=[1, 1])
-    request.raw_input_contents.extend([np.ones((1, 512), np.float32).tobytes(),
-                                       np.array([[work]], np.int64).tobytes()])
-    return request
 
 
 def occupy(stub, server):

@@ -16,6 +16,7 @@ import tritonclient.grpc as triton
 from PIL import Image
 
 from servers import ROOT, metric_value, start_server
+from support import expect_error
 from onnx_builders import write_task_models
 from service._proto import task_service_pb2 as pb
 from service.client import AsyncTaskClient, TaskClient, to_pil
@@ -59,15 +60,6 @@ def grey(value: int, side: int = 8) -> np.ndarray:
     return np.full((side, side), value, np.uint8)
 
 
-def expect(call, code: grpc.StatusCode, *fragments: str) -> str:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    assert info.value.code() == code, info.value.details()
-    for fragment in fragments:
-        assert fragment in info.value.details(), info.value.details()
-    return info.value.details()
-
-
 def session(repo, name: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(repo / name / "1" / "model.onnx"),
                                 providers=["CPUExecutionProvider"])
@@ -106,27 +98,27 @@ def test_classify_agrees_with_model_infer(server, client, repo):
 
 
 def test_classify_limits_and_errors(client):
-    expect(lambda: client.classify([grey(1)], "brightness", top_k=4),
+    expect_error(lambda: client.classify([grey(1)], "brightness", top_k=4),
            grpc.StatusCode.INVALID_ARGUMENT, "top_k: expected 1..3, got 4")
-    expect(lambda: client.classify([grey(1)] * 33, "brightness"),
+    expect_error(lambda: client.classify([grey(1)] * 33, "brightness"),
            grpc.StatusCode.INVALID_ARGUMENT, "images: expected 1..32 items, got 33")
-    expect(lambda: client.classify([grey(1)], "gen"),
+    expect_error(lambda: client.classify([grey(1)], "gen"),
            grpc.StatusCode.INVALID_ARGUMENT,
            "model: 'gen' is a generator model; Classify needs a classifier model")
-    expect(lambda: client.classify([grey(1)], "nope"),
+    expect_error(lambda: client.classify([grey(1)], "nope"),
            grpc.StatusCode.NOT_FOUND, "model 'nope' is not loaded")
-    expect(lambda: client.classify([b"\x89PNG\r\n\x1a\n garbage"], "brightness"),
+    expect_error(lambda: client.classify([b"\x89PNG\r\n\x1a\n garbage"], "brightness"),
            grpc.StatusCode.INVALID_ARGUMENT, "images[0]: not a readable image")
     truncated = png(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64))[:60]
-    expect(lambda: client.classify([grey(1), truncated], "brightness"),
+    expect_error(lambda: client.classify([grey(1), truncated], "brightness"),
            grpc.StatusCode.INVALID_ARGUMENT, "images[1]:")
-    expect(lambda: client.classify([np.zeros((0, 5), np.uint8)], "brightness"),
+    expect_error(lambda: client.classify([np.zeros((0, 5), np.uint8)], "brightness"),
            grpc.StatusCode.INVALID_ARGUMENT, "images[0]: image is empty (5x0)")
     bad_raw = pb.Image(raw=pb.RawImage(pixels=b"\0" * 10, height=2, width=2, channels=3))
-    expect(lambda: client._stub.Classify(pb.ClassifyRequest(model="brightness", images=[bad_raw])),
+    expect_error(lambda: client._stub.Classify(pb.ClassifyRequest(model="brightness", images=[bad_raw])),
            grpc.StatusCode.INVALID_ARGUMENT, "images[0]: raw.pixels has 10 bytes; 2x2x3 needs 12")
     two = pb.Image(raw=pb.RawImage(pixels=b"\0" * 8, height=2, width=2, channels=2))
-    expect(lambda: client._stub.Classify(pb.ClassifyRequest(model="brightness", images=[two])),
+    expect_error(lambda: client._stub.Classify(pb.ClassifyRequest(model="brightness", images=[two])),
            grpc.StatusCode.INVALID_ARGUMENT, "raw.channels must be 1, 3 or 4, got 2")
 
 
@@ -141,7 +133,7 @@ def bomb_png(width: int, height: int) -> bytes:
 
 
 def test_decompression_bomb_refused_from_header(server, client):
-    details = expect(lambda: client.classify([bomb_png(100_000, 100_000)], "brightness"),
+    details = expect_error(lambda: client.classify([bomb_png(100_000, 100_000)], "brightness"),
                      grpc.StatusCode.INVALID_ARGUMENT)
     assert details == ("images[0]: 100000x100000 = 10000000000 pixels exceeds the limit of "
                        "1000000 (max_image_pixels)")
@@ -192,12 +184,12 @@ def test_conditional_generation_and_class_label_rules(client):
     b = client.generate("cgen", count=2, seed=1, class_label=2)
     assert [list(v.values) for v in a.latents] == [list(v.values) for v in b.latents]
     assert [i.encoded for i in a.images] != [i.encoded for i in b.images]
-    expect(lambda: client.generate("cgen", count=1),
+    expect_error(lambda: client.generate("cgen", count=1),
            grpc.StatusCode.INVALID_ARGUMENT,
            "class_label: model 'cgen' is a conditional generator; give a class label in 0..2")
-    expect(lambda: client.generate("cgen", count=1, class_label=3),
+    expect_error(lambda: client.generate("cgen", count=1, class_label=3),
            grpc.StatusCode.INVALID_ARGUMENT, "class_label: expected 0..2, got 3")
-    expect(lambda: client.generate("gen", count=1, class_label=1),
+    expect_error(lambda: client.generate("gen", count=1, class_label=1),
            grpc.StatusCode.INVALID_ARGUMENT, "class_label: model 'gen' is not conditional")
 
 
@@ -217,14 +209,14 @@ def test_tensor_api_checks_class_labels_of_conditional_generators(server):
 
 
 def test_generate_limits(client):
-    expect(lambda: client.generate("gen", count=21),
+    expect_error(lambda: client.generate("gen", count=21),
            grpc.StatusCode.INVALID_ARGUMENT, "count: expected 1..20 items, got 21")
-    expect(lambda: client.generate("gen", latents=[[1.0, 2.0, 3.0]]),
+    expect_error(lambda: client.generate("gen", latents=[[1.0, 2.0, 3.0]]),
            grpc.StatusCode.INVALID_ARGUMENT,
            "latents[0]: has 3 values; model 'gen' expects latent_size 4")
-    expect(lambda: client.generate("gen", interpolate=(None, None, 1)),
+    expect_error(lambda: client.generate("gen", interpolate=(None, None, 1)),
            grpc.StatusCode.INVALID_ARGUMENT, "interpolation.steps: expected 2..20, got 1")
-    expect(lambda: client.generate("gen", latents=[[float("nan")] * 4]),
+    expect_error(lambda: client.generate("gen", latents=[[float("nan")] * 4]),
            grpc.StatusCode.INVALID_ARGUMENT, "latents: values must be finite numbers")
 
 
@@ -246,12 +238,12 @@ def test_encode_decode_reconstruct(client, repo):
     np.testing.assert_array_equal(first, picture)  # identity autoencoder
     assert rebuilt.errors[0] < 1e-10 and rebuilt.errors[1] < 1e-10
 
-    expect(lambda: client.decode([[1.0] * 5], "dec"), grpc.StatusCode.INVALID_ARGUMENT,
+    expect_error(lambda: client.decode([[1.0] * 5], "dec"), grpc.StatusCode.INVALID_ARGUMENT,
            "latents[0]: has 5 values; model 'dec' expects latent_size 4")
-    expect(lambda: client.encode([picture], "ae"), grpc.StatusCode.INVALID_ARGUMENT,
-           "Encode needs a encoder model")
-    expect(lambda: client.reconstruct([picture], "enc"), grpc.StatusCode.INVALID_ARGUMENT,
-           "Reconstruct needs a autoencoder model")
+    expect_error(lambda: client.encode([picture], "ae"), grpc.StatusCode.INVALID_ARGUMENT,
+           "Encode needs an encoder model")
+    expect_error(lambda: client.reconstruct([picture], "enc"), grpc.StatusCode.INVALID_ARGUMENT,
+           "Reconstruct needs an autoencoder model")
 
 
 # -- SuperResolve ------------------------------------------------------------------------------
@@ -313,12 +305,24 @@ def test_super_resolution_colour_modes(client):
                                                                                   stream=False)))
 
 
-def test_large_result_is_refused_unary_and_streamed(client, repo):
+def test_large_result_is_refused_unary_and_streamed(server, client, repo):
     picture = np.random.default_rng(9).integers(0, 256, (250, 250), dtype=np.uint8)
     request = pb.SuperResolveRequest(model="sr", image=pb.Image(encoded=png(picture)),
                                      format=pb.RAW)
-    expect(lambda: client._stub.SuperResolve(request), grpc.StatusCode.RESOURCE_EXHAUSTED,
-           "use SuperResolveStream")
+
+    def sr_runs() -> float:
+        return metric_value(server.metrics_text(), "inference_batch_size_count", model="sr")
+
+    runs = sr_runs()
+    expect_error(lambda: client._stub.SuperResolve(request), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                 "the upscaled image needs 562500 bytes, more than the 400000-byte message "
+                 "limit; use SuperResolveStream")
+    # A PNG is refused from the planned size too: before any tile is computed.
+    as_png = pb.SuperResolveRequest(model="sr", image=pb.Image(encoded=png(picture)),
+                                    format=pb.PNG)
+    expect_error(lambda: client._stub.SuperResolve(as_png), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                 "use SuperResolveStream")
+    assert sr_runs() == runs
     chunks = list(client._stub.SuperResolveStream(request))
     assert len(chunks) > 1 and all(len(c.pixels) < 400_000 for c in chunks)
     streamed = np.asarray(client.upscale(png(picture), "sr"))
@@ -339,15 +343,20 @@ def test_list_and_describe_models(client):
     assert [(t.name, list(t.shape)) for t in info.inputs] == [("latent", [-1, 4]),
                                                               ("class_label", [-1, 1])]
     assert names["sr"].upscale_factor == 3 and names["sr"].color_mode == "y"
-    expect(lambda: client.describe_model("nope"), grpc.StatusCode.NOT_FOUND, "'nope'")
+    expect_error(lambda: client.describe_model("nope"), grpc.StatusCode.NOT_FOUND, "'nope'")
 
 
 def test_task_rpcs_share_the_metrics(server, client):
+    def counts() -> tuple[float, float]:
+        text = server.metrics_text()
+        return (metric_value(text, "inference_requests_total", model="brightness",
+                             version="1", rpc="Classify", code="OK"),
+                metric_value(text, "inference_batch_size_count", model="brightness", version="1"))
+
+    requests, batches = counts()
     client.classify([grey(3)], "brightness")
-    text = server.metrics_text()
-    assert metric_value(text, "inference_requests_total", model="brightness", rpc="Classify",
-                        code="OK") >= 1
-    assert metric_value(text, "inference_batch_size_count", model="brightness") >= 1
+    # One call, one image: one more answered RPC and one more executed batch, exactly.
+    assert counts() == (requests + 1, batches + 1)
 
 
 def test_async_client(server):

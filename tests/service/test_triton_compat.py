@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from servers import ROOT, start_server
+from support import expect_error
 from proto_fields import message_fields
 from onnx_builders import affine_config, affine_graph, save_graph, write_model
 
@@ -96,14 +97,6 @@ def simple_inputs(batch: int = 1):
     inputs[0].set_data_from_numpy(input0)
     inputs[1].set_data_from_numpy(input1)
     return inputs, input0, input1
-
-
-def expect_error(call, code: str, *fragments: str):
-    with pytest.raises(InferenceServerException) as info:
-        call()
-    assert info.value.status() == f"StatusCode.{code}", info.value
-    for fragment in fragments:
-        assert fragment in info.value.message(), info.value.message()
 
 
 # -- the ModelConfig message ---------------------------------------------------------------------

@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.core.config import CONFIG_FILENAME, NUMPY_DTYPES, load_model_config
+from service.core.config import CONFIG_FILENAME, load_model_config
+from service.core.datatypes import DATATYPES
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = (
@@ -47,7 +48,7 @@ def test_bundled_model_matches_config_and_runs(name):
         assert ORT_TYPES[node.type] == spec.datatype
         assert isinstance(node.shape[0], str), "batch axis must be dynamic and named"
         shape = [3] + [d if d > 0 else 9 for d in spec.shape]
-        dtype = NUMPY_DTYPES[spec.datatype]
+        dtype = DATATYPES[spec.datatype].numpy
         feeds[spec.name] = (
             rng.integers(0, config.task.num_classes or 2, shape)
             if dtype == np.int64
@@ -55,7 +56,7 @@ def test_bundled_model_matches_config_and_runs(name):
         ).astype(dtype)
     outputs = session.run([t.name for t in config.outputs], feeds)
     for spec, out in zip(config.outputs, outputs):
-        assert out.shape[0] == 3 and out.dtype == NUMPY_DTYPES[spec.datatype]
+        assert out.shape[0] == 3 and out.dtype == DATATYPES[spec.datatype].numpy
         factor = config.task.upscale_factor or 1
         want = [d if d > 0 else 9 * factor for d in spec.shape]
         assert list(out.shape[1:]) == want

@@ -13,7 +13,7 @@ from export.evaluate import (
     output_to_pixels,
     pixels_to_input,
 )
-from service.core.config import InputScaling
+from service.core.config import PixelScaling
 from training import common
 from training.sr.model import ESPCN, bicubic_polyphase
 
@@ -53,9 +53,9 @@ def test_accuracy():
 @pytest.mark.parametrize(
     "scaling",
     [
-        InputScaling(),
-        InputScaling(scale=1 / 255, mean=0.5, std=0.5),
-        InputScaling(scale=1 / 255, mean=0.286, std=0.353),
+        PixelScaling(),
+        PixelScaling(scale=1 / 255, mean=0.5, std=0.5),
+        PixelScaling(scale=1 / 255, mean=0.286, std=0.353),
     ],
 )
 def test_scaling_round_trip(scaling):
