@@ -302,26 +302,7 @@ class OnnxModel:
         opts.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
         opts.log_severity_level = 3  # warnings from ORT about unused initialisers etc. are noise
         try:
-            try:
-                self._sessions = [
-                    ort.InferenceSession(source, sess_options=opts, providers=providers)
-                    for _ in range(config.instance_count)
-                ]
-            except Exception as exc:
-                # A graph needs every node on the CUDA provider; shape computations that ORT puts
-                # on the CPU rule it out. The model still runs, without graphs.
-                if not self.cuda_options.enable_cuda_graph or GRAPH_REFUSED not in str(exc):
-                    raise
-                log.warning("%s: CUDA graphs are not possible for this model, so it runs "
-                            "without: %s", path, exc)
-                self.cuda_options = self.cuda_options.model_copy(
-                    update={"enable_cuda_graph": False})
-                self.provider_options = cuda_provider_options(self.cuda_options)
-                self._sessions = [
-                    ort.InferenceSession(source, sess_options=opts,
-                                         providers=[(CUDA, self.provider_options), CPU])
-                    for _ in range(config.instance_count)
-                ]
+            self._sessions = self._open(source, opts, providers, config.instance_count, path)
         except Exception as exc:  # ORT raises its own exception types for corrupt graphs
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {exc}") from None
         self.provider = self._sessions[0].get_providers()[0]
@@ -335,6 +316,23 @@ class OnnxModel:
         if self._host_bound and self.cuda_options.enable_cuda_graph:
             self._graphs = [FixedShapeBuffers(s, self.output_names) for s in self._sessions]
         self.warmup_runs = warmup_runs(config, options, tune_per_shape=self.provider == CUDA)
+
+    def _open(self, source, opts: ort.SessionOptions, providers: list, count: int,
+              path: str) -> list[ort.InferenceSession]:
+        try:
+            return [ort.InferenceSession(source, sess_options=opts, providers=providers)
+                    for _ in range(count)]
+        except Exception as exc:
+            # A graph needs every node on the CUDA provider; shape computations that ONNX Runtime
+            # keeps on the CPU rule it out. The model still runs, without graphs.
+            if not self.cuda_options.enable_cuda_graph or GRAPH_REFUSED not in str(exc):
+                raise
+            refused = str(exc)
+        log.warning("%s: CUDA graphs are not possible for this model, so it runs without: %s",
+                    path, refused)
+        self.cuda_options = self.cuda_options.model_copy(update={"enable_cuda_graph": False})
+        self.provider_options = cuda_provider_options(self.cuda_options)
+        return self._open(source, opts, [(CUDA, self.provider_options), CPU], count, path)
 
     def run(self, instance: int, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one batch; returns outputs in config order. Called from a worker thread."""
