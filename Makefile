@@ -55,10 +55,12 @@ $(APT_STAMP): | $(VENV)/bin/python
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	touch $@
 
-# Re-export every trained family from its checkpoint (training/runs/), then evaluate every bundled
-# model through ONNX Runtime (models/EVAL.md). Training commands: training/README.md.
-export: install-dev proto apt-deps  ## re-export every model from its checkpoint
-	$(PY) -m export all && $(PY) -m export.quantize fashion_cnn
+# Re-export every trained family from its checkpoint (training/runs/), with the int8 and fp16
+# variants; `make eval` then evaluates every bundled model (models/EVAL.md). Training commands:
+# training/README.md.
+export: install-dev proto apt-deps  ## re-export every model from its checkpoint, with variants
+	$(PY) -m export all && $(PY) -m export.quantize fashion_cnn && \
+	  $(PY) -m export.half fashion_cnn espcn_x2 espcn_x3 espcn_x4
 
 eval: install-dev proto apt-deps  ## evaluate every bundled model (models/EVAL.md)
 	$(PY) -m export.evaluate
@@ -75,3 +77,15 @@ clean:  ## remove the virtual env and generated stubs
 .PHONY: bench
 bench: install-dev proto  ## served vs in-process ratios, one PASS/FAIL line per target
 	$(PY) -m loadtest.bench
+
+# The CUDA path on a lent GPU machine (README.md, "The CUDA path on a lent GPU"): make
+# gpu-check-prepare here, then device calls; the last runs `make gpu-check` (DEVICE=cuda) there.
+# `make gpu-check DEVICE=cpu` rehearses the whole script on this machine; GPU_CHECK_ARGS=--fast
+# shortens it. Figures go to $(OUT) (default loadtest/results/gpu-check-$(DEVICE)/).
+DEVICE ?= cuda
+.PHONY: gpu-check gpu-check-prepare
+gpu-check: $(if $(filter cpu,$(DEVICE)),install-dev proto apt-deps)  ## the CUDA path's tests and bench (DEVICE=cpu: rehearsal)
+	DEVICE=$(DEVICE) bash deploy/gpu/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-prepare: install-dev proto apt-deps  ## what a GPU machine's device calls carry
+	bash deploy/gpu/prepare.sh

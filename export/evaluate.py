@@ -380,19 +380,64 @@ def write_table(models: list[Bundled], path: Path, command: str) -> None:
             f"{m.path.stat().st_size / 1024:.0f} KiB | {m.metrics.get('latency_b1_ms', 0):.2f} ms | "
             f"{m.metrics.get('latency_bmax_ms', 0):.2f} ms | {bars} |"
         )
+    by_name = {m.name: m for m in models}
+    variants = []
+    for m in models:
+        made = variant_of(m.path.parent.parent)
+        if made and made[0] in by_name:
+            variants.append((m, *made))
+    if variants:
+        lines += [
+            "",
+            "## Variants against their float model",
+            "",
+            "Same test data, same provider (CPU), which runs the fp16 graphs with its own fp16 "
+            "kernels (slower than fp32 on a CPU without fp16 arithmetic, see the latencies above). "
+            "The CUDA provider's fp16 kernels round differently; `make gpu-check` compares them "
+            "with the CPU provider's outputs.",
+            "",
+            "| variant | made from | how | change |",
+            "|---|---|---|---|",
+        ]
+        for m, base, how in variants:
+            change = ", ".join(metric_deltas(m.metrics, by_name[base].metrics)) or "n/a"
+            lines.append(f"| {m.name} | {base} | {how} | {change} |")
     path.write_text("\n".join(lines) + "\n")
 
 
-def _quantized_note(m: Bundled, base: str, model_dir: Path) -> str:
-    """Accuracy and latency change against the float model the variant came from."""
+# Variants made from a float model, by the card key naming it: how they were made.
+VARIANT_KEYS = {"quantized_from": "Quantized (int8)", "converted_from": "Converted to fp16"}
+# Metrics compared between a variant and its float model.
+DELTA_KEYS = ("test_accuracy", "psnr_Set5", "psnr_Set14")
+
+
+def variant_of(model_dir: Path) -> tuple[str, str] | None:
+    """(float model, how the variant was made) from the card, or None for a model of its own."""
+    card_path = model_dir / "card.json"
+    export = json.loads(card_path.read_text()).get("export", {}) if card_path.exists() else {}
+    for key, how in VARIANT_KEYS.items():
+        if key in export:
+            return export[key], how
+    return None
+
+
+def _delta(key: str, variant: float, base: float) -> str:
+    if "accuracy" in key:
+        return f"{key} {100 * (variant - base):+.2f} points"
+    return f"{key} {variant - base:+.4f} dB"
+
+
+def metric_deltas(metrics: dict, base: dict) -> list[str]:
+    return [_delta(k, metrics[k], base[k]) for k in DELTA_KEYS if k in metrics and k in base]
+
+
+def _variant_note(m: Bundled, base: str, how: str, model_dir: Path) -> str:
+    """Quality and latency change against the float model the variant came from."""
     stored = model_dir.parent / base / "metrics.json"
     if not stored.exists():
-        return f"- Quantized from `{base}`."
+        return f"- {how} from `{base}`."
     ref = json.loads(stored.read_text())
-    parts = [f"- Quantized from `{base}`"]
-    if "test_accuracy" in ref and "test_accuracy" in m.metrics:
-        delta = 100 * (m.metrics["test_accuracy"] - ref["test_accuracy"])
-        parts.append(f"test accuracy change {delta:+.2f} points")
+    parts = [f"- {how} from `{base}`", *metric_deltas(m.metrics, ref)]
     for key, label in (("latency_b1_ms", "batch 1"), ("latency_bmax_ms", "batch 64")):
         if key in ref and m.metrics.get(key):
             parts.append(f"{label} latency {ref[key]:.2f} -> {m.metrics[key]:.2f} ms")
@@ -408,6 +453,7 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
     sig_in = ", ".join(f"`{t.name}` {t.datatype} {t.shape}" for t in cfg.inputs)
     sig_out = ", ".join(f"`{t.name}` {t.datatype} {t.shape}" for t in cfg.outputs)
     bmax = 8 if cfg.task.kind is TaskKind.SUPER_RESOLUTION else 64
+    variant = variant_of(model_dir)
     lines = [
         f"# {m.name}",
         "",
@@ -419,18 +465,16 @@ def write_card(m: Bundled, model_dir: Path, command: str) -> None:
         ),
         f"- Dataset: {card.get('dataset', 'n/a')}.",
         f"- Training command: `{card.get('train_command', 'n/a')}` ({card.get('epochs', '?')} epochs)"
-        + (f", then `python -m export {m.name}`." if "quantized_from" not in export else "."),
+        + (f", then `python -m export {m.name}`." if variant is None else "."),
         (
             f"- Parameters: {export.get('parameters', 'n/a'):,}; "
             f"ONNX file: {m.path.stat().st_size / 1024:.0f} KiB (opset {export.get('opset', '?')})."
         ),
-        (
-            f"- Export parity (max |ORT - PyTorch|, tolerance {export.get('parity_tolerance', '?')}): "
-            + ", ".join(f"{k} {v:.1e}" for k, v in export.get("parity_max_abs_diff", {}).items())
-            + "."
-            if "quantized_from" not in export
-            else _quantized_note(m, export["quantized_from"], model_dir)
-        ),
+        *([] if not export.get("parity_max_abs_diff") else [
+            f"- Export parity (max |{'fp16 - fp32' if variant else 'ORT - PyTorch'}|, tolerance "
+            f"{export.get('parity_tolerance', '?')}): "
+            + ", ".join(f"{k} {v:.1e}" for k, v in export["parity_max_abs_diff"].items()) + "."]),
+        *([_variant_note(m, *variant, model_dir)] if variant else []),
         "",
         f"## Quality (measured by `{command}`)",
         "",

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service._proto import task_service_pb2 as task_pb2
 from service._proto import task_service_pb2_grpc as task_grpc
+from service.core.config import CudaOptions
 from service.core.inference import InferenceCore
 from service.core.repository import ModelRepository
 from service.core.runtime import RuntimeOptions, choose_provider
@@ -55,6 +56,9 @@ class InferenceServer:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             graph_optimization=settings.graph_optimization,
+            cuda=CudaOptions.from_settings(settings),
+            sr_tile_size=settings.sr_tile_size,
+            sr_tile_overlap=settings.sr_tile_overlap,
         )
         repository = ModelRepository(settings.models, self.provider, options, self.metrics)
         self.core = InferenceCore(repository, self.provider, self.metrics)

@@ -81,6 +81,11 @@ class ModelLoadError(ServiceError):
     status = "FAILED_PRECONDITION"
 
 
+class ModelSkipped(ModelLoadError):
+    """The model cannot run on this server's device (instance_kind gpu on a CPU-only server): it
+    is not served here, which is no fault of the repository."""
+
+
 class InferenceFailed(ServiceError):
     """The runtime failed on a batch. The client sees a generic message; the cause is logged."""
 

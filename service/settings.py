@@ -56,6 +56,18 @@ class ServerSettings(BaseSettings):
     """ONNX Runtime inter-op threads per session."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimisation level."""
+    cuda_cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
+    """CUDA: how cuDNN picks convolution algorithms (EXHAUSTIVE re-benchmarks every new shape)."""
+    cuda_gpu_mem_limit: int = Field(default=0, ge=0)
+    """CUDA: bytes each session's device memory arena may hold; 0: no limit."""
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    """CUDA: how the device memory arena grows."""
+    cuda_do_copy_in_default_stream: bool = True
+    """CUDA: host-device copies on the compute stream (false: separate streams, racy)."""
+    cuda_use_tf32: bool = False
+    """CUDA: allow TF32 for fp32 convolutions and matrix products (off: fp32 parity with CPU)."""
+    cuda_enable_cuda_graph: bool = False
+    """CUDA: capture and replay a CUDA graph per warmed-up input shape."""
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     """Largest gRPC message accepted or sent, and largest REST request body (the default takes a
     4096x4096 RGB FP32 tensor)."""

@@ -63,18 +63,21 @@ class _InstanceThread:
         self._thread.start()
 
     def submit(self, inputs: dict[str, np.ndarray], done: Callable) -> None:
-        """Run `inputs`; then, on the event loop, done(outputs, infer_s, None) or
-        done(None, 0.0, exception)."""
-        self._jobs.put((inputs, done))
+        """Run `inputs`; then, on the event loop, done((outputs, infer_s), None) or
+        done(None, exception)."""
+        self._jobs.put((self._runtime.timed_run, (self._instance, inputs), done))
+
+    def call(self, function: Callable, done: Callable) -> None:
+        """Call function(instance) on this thread; then, on the loop, done(result, error)."""
+        self._jobs.put((function, (self._instance,), done))
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
-            inputs, done = job
+            function, args, done = job
             try:
-                outputs, infer_s = self._runtime.timed_run(self._instance, inputs)
-                outcome = (outputs, infer_s, None)
+                outcome = (function(*args), None)
             except Exception as exc:  # noqa: BLE001 - reported to the batch's callers
-                outcome = (None, 0.0, exc)
+                outcome = (None, exc)
             try:
                 self._loop.call_soon_threadsafe(done, *outcome)
             except RuntimeError:  # the loop is closed: the process is exiting
@@ -164,6 +167,22 @@ class BatchScheduler:
         self._metrics.dropped.labels(
             self._model, self._version, "deadline" if expired else "cancelled"
         ).inc()
+
+    async def warm_up(self) -> None:
+        """Warm every instance up on its own serving thread (see OnnxModel.warm_up), one
+        instance after the other; raises the first failure."""
+        loop = asyncio.get_running_loop()
+        for thread in self._threads:
+            finished = loop.create_future()
+
+            def done(_, error: Exception | None, finished=finished) -> None:
+                if error is None:
+                    finished.set_result(None)
+                else:
+                    finished.set_exception(error)
+
+            thread.call(self._runtime.warm_up, done)
+            await finished
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued ones, then stop the workers."""
@@ -278,7 +297,8 @@ class BatchScheduler:
         total = sum(entry.batch_size for entry in live)
         t1 = time.perf_counter()
 
-        def done(outputs, infer_s: float, error: Exception | None) -> None:
+        def done(result, error: Exception | None) -> None:
+            outputs, infer_s = result if error is None else (None, 0.0)
             try:
                 self._deliver(live, total, outputs, error)
             finally:

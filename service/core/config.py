@@ -153,6 +153,31 @@ class TaskMetadata(_Strict):
         return self
 
 
+class CudaOptions(_Strict):
+    """ONNX Runtime CUDA provider options. In a model's config every field left out takes the
+    server's setting `cuda_<field>`; on the CPU provider they are validated but not used."""
+
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] | None = None
+    """How cuDNN picks a convolution algorithm per input shape: EXHAUSTIVE benchmarks every new
+    shape (a stall on each new batch or tile shape), HEURISTIC asks cuDNN's heuristics."""
+    gpu_mem_limit: int | None = Field(default=None, ge=0)
+    """Bytes the provider's device memory arena may hold; 0: no limit."""
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] | None = None
+    """How the device memory arena grows: in powers of two, or by what is asked for."""
+    do_copy_in_default_stream: bool | None = None
+    """Copy between host and device on the compute stream (true, safe) or on separate streams."""
+    use_tf32: bool | None = None
+    """Let fp32 convolutions and matrix products run as TF32 on Ampere and later (faster, about
+    3 decimal digits); off, fp32 results match the CPU provider's to fp32 rounding."""
+    enable_cuda_graph: bool | None = None
+    """Capture a CUDA graph per warmed-up input shape and replay it; other shapes run normally."""
+
+    @classmethod
+    def from_settings(cls, settings) -> CudaOptions:
+        """The server-wide defaults: ServerSettings' `cuda_<field>` for every field."""
+        return cls(**{name: getattr(settings, f"cuda_{name}") for name in cls.model_fields})
+
+
 class ModelConfig(_Strict):
     name: str | None = None
     """Must equal the model's directory name when given."""
@@ -165,8 +190,11 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
     instance_count: int = Field(default=1, ge=1, le=64)
     """ONNX Runtime sessions per loaded version, run concurrently."""
-    instance_kind: Literal["auto", "cpu"] = "auto"
-    """auto: the server's execution provider (CUDA when usable); cpu: always the CPU."""
+    instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
+    """auto: the server's execution provider (CUDA when usable); cpu: always the CPU; gpu: CUDA
+    only (a server on the CPU provider does not serve the model, e.g. an fp16 variant)."""
+    cuda: CudaOptions | None = None
+    """CUDA provider options for this model, over the server's cuda_* settings."""
     version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
     task: TaskMetadata = Field(default_factory=TaskMetadata)
     model_filename: str = Field(default="model.onnx", pattern=r"^[A-Za-z0-9_.-]+$")

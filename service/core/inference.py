@@ -36,7 +36,7 @@ from service.core.stats import VersionStats
 from service.core.tensors import (
     check_inputs, check_requested_outputs, from_graph_shapes, to_graph_shapes,
 )
-from service.errors import ServiceError, StartupError, Unavailable
+from service.errors import ModelSkipped, ServiceError, StartupError, Unavailable
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,22 +73,28 @@ class InferenceCore:
     async def start(self, names: list[str] | None) -> None:
         """Load the startup models (`None`: every model in the repository). A name that is not in
         the repository stops the start; a model that fails to load is reported, not fatal, and
-        keeps the server not ready."""
+        keeps the server not ready. A model this device cannot run (instance_kind gpu on a CPU
+        server) is skipped with one line and, unless named, readiness does not wait for it."""
         self._repository.check_root()
         available = self._repository.available_names()
-        if names is None:
-            names = available
+        named = names is not None
+        names = list(names) if named else available
         unknown = [name for name in names if name not in available]
         if unknown:
             raise StartupError(f"startup model(s) {unknown} not in repository "
                                f"{self._repository.root}; it has {available}")
+        counted = list(names)
         for name in names:
             try:
                 await self.load(name)
+            except ModelSkipped as exc:
+                log.info("model '%s' not served on this device: %s", name, exc.message)
+                if not named:
+                    counted.remove(name)
             except ServiceError as exc:
                 # One broken model must not take the others down.
                 log.error("model '%s' not served: %s", name, exc.message)
-        self._startup_models = list(names)
+        self._startup_models = counted
 
     def begin_drain(self) -> None:
         """From now on the server is not ready and refuses new calls."""
@@ -126,7 +132,9 @@ class InferenceCore:
         return self._startup_models is not None
 
     def server_ready(self) -> bool:
-        """Ready when started, not draining, and every model asked for at start is ready."""
+        """Ready when started, not draining, and every startup model is ready: those named at
+        start, else every model of the repository but the ones this device cannot run
+        (instance_kind gpu on a CPU server, see start)."""
         if self._startup_models is None or self._draining:
             return False
         ready = set(self._repository.ready_names())

@@ -24,7 +24,9 @@ from service.core.config import CONFIG_FILENAME, ModelConfig, VersionPolicy, loa
 from service.core.runtime import OnnxModel, ProviderChoice, RuntimeOptions
 from service.core.stats import VersionStats
 from service.core.triton_config import PBTXT_FILENAME
-from service.errors import InvalidArgument, ModelLoadError, NotFound, StartupError, Unavailable
+from service.errors import (
+    InvalidArgument, ModelLoadError, ModelSkipped, NotFound, StartupError, Unavailable,
+)
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -220,14 +222,17 @@ class ModelRepository:
                 for number, source in sources.items():
                     new_versions[number] = await self._load_version(name, number, source, config)
             except ModelLoadError as exc:
-                log.error("model load failed: %s", exc.message)
+                skipped = isinstance(exc, ModelSkipped)
+                if not skipped:  # a skipped model is logged once, by whoever asked for it
+                    log.error("model load failed: %s", exc.message)
                 if not entry.versions:
                     entry.state, entry.reason = ModelState.FAILED, exc.message
-                    # No version serves it: say so (version "") so the not-ready alert fires.
-                    self._metrics.model_ready.labels(name, "").set(0)
+                    if not skipped:
+                        # No version serves it: say so (version "") so the not-ready alert fires.
+                        self._metrics.model_ready.labels(name, "").set(0)
                 for version in new_versions.values():
                     await self._retire(version)
-                if override is not None:
+                if override is not None and not skipped:
                     raise InvalidArgument(exc.message) from None  # the request's own content
                 raise
             old = entry.versions
@@ -239,9 +244,12 @@ class ModelRepository:
                 self._metrics.execution_provider.labels(
                     name, version.version_label, version.runtime.provider
                 ).set(1)
+            runtime = next(iter(new_versions.values())).runtime
             log.info(
-                "model ready: name=%s versions=%s provider=%s",
-                name, sorted(new_versions), next(iter(new_versions.values())).runtime.provider,
+                "model ready: name=%s versions=%s provider=%s warm_up_runs=%d cuda_graphs=%d%s",
+                name, sorted(new_versions), runtime.provider, len(runtime.warmup_runs),
+                runtime.cuda_graphs,
+                f" cuda_options={runtime.provider_options}" if runtime.provider_options else "",
             )
             for version in old.values():
                 await self._retire(version, keep_metrics=version.version in new_versions)
@@ -312,19 +320,19 @@ class ModelRepository:
         where = (str(source) if isinstance(source, Path)
                  else f"{name}/{number}/{config.model_filename} (sent with the load request)")
 
-        def build() -> OnnxModel:
-            runtime = OnnxModel(source, config, self._choice, self._options, where)
-            try:
-                runtime.warm_up(config)
-            except Exception as exc:
-                raise ModelLoadError(f"{where}: warm-up run failed: {exc}") from None
-            return runtime
-
         # Sessions are built in a thread: loading a large model must not stall serving.
-        runtime = await asyncio.to_thread(build)
+        runtime = await asyncio.to_thread(
+            OnnxModel, source, config, self._choice, self._options, where)
         stats = VersionStats()
         scheduler = BatchScheduler(name, str(number), config, runtime, self._metrics, stats)
-        return ModelVersion(name, number, config, runtime, scheduler, stats)
+        version = ModelVersion(name, number, config, runtime, scheduler, stats)
+        try:
+            await scheduler.warm_up()
+        except Exception as exc:
+            # The version still being served under this number keeps its metrics.
+            await self._retire(version, keep_metrics=number in self._models[name].versions)
+            raise ModelLoadError(f"{where}: warm-up run failed: {exc}") from None
+        return version
 
     async def _retire(self, version: ModelVersion, keep_metrics: bool = False) -> None:
         """Close a version that no longer serves new calls: at once, or when its last hold ends."""

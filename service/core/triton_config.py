@@ -21,7 +21,7 @@ from google.protobuf import json_format, text_format
 
 from service._proto import model_config_pb2 as mc
 from service.core.config import CONFIG_FILENAME as NATIVE_FILENAME
-from service.core.config import ModelConfig, TaskMetadata, parse_model_config
+from service.core.config import CudaOptions, ModelConfig, TaskMetadata, parse_model_config
 from service.core.datatypes import BY_ORT, BY_TRITON, DATATYPES
 from service.core.description import ModelDescription, task_parameters
 from service.errors import ModelLoadError
@@ -44,9 +44,10 @@ def _triton_type(datatype: str) -> int:
 HONOURED = {
     "name", "platform", "backend", "version_policy", "max_batch_size", "input", "output",
     "dynamic_batching", "instance_group", "default_model_filename", "parameters",
+    "optimization",  # its CUDA provider options only; the rest is logged as ignored
 }
 IGNORED = {  # accepted so Triton repositories load unchanged; each use is logged
-    "optimization", "model_warmup", "response_cache", "metric_tags", "cc_model_filenames",
+    "model_warmup", "response_cache", "metric_tags", "cc_model_filenames",
     "model_operations", "model_repository_agents", "model_metrics", "runtime",
 }
 REFUSED = {  # features this server does not have: loading would silently change behaviour
@@ -56,6 +57,17 @@ REFUSED = {  # features this server does not have: loading would silently change
 TENSOR_REFUSED = {"is_shape_tensor": "shape tensors", "allow_ragged_batch": "ragged batching",
                   "is_non_linear_format_io": "non-linear formats"}
 TASK_KEYS = set(TaskMetadata.model_fields) - {"kind"}
+# Triton's ONNX Runtime backend hands the parameters of a gpu_execution_accelerator named "cuda"
+# to the CUDA provider as they are (ORT's names and values); those this server has are the
+# CudaOptions fields. Its older top-level `parameters` keys take Triton's numeric codes and win
+# over the accelerator's, as in the backend.
+CUDA_ACCELERATOR = "cuda"
+LEGACY_CUDA_PARAMETERS: dict[str, dict[str, str] | None] = {
+    "cudnn_conv_algo_search": {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"},
+    "gpu_mem_limit": None,
+    "arena_extend_strategy": {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"},
+    "do_copy_in_default_stream": None,
+}
 
 
 def parse_pbtxt(path: Path) -> mc.ModelConfig:
@@ -188,6 +200,9 @@ def from_triton(triton: mc.ModelConfig, model: str, source: str,
         "instance_count": sum(max(g.count, 1) for g in triton.instance_group) or 1,
         "task": _task(triton, source, model_dir),
     }
+    cuda = _cuda_options(triton, source)
+    if cuda:
+        data["cuda"] = cuda
     if triton.default_model_filename:
         data["model_filename"] = triton.default_model_filename
     kinds = {g.kind for g in triton.instance_group}
@@ -213,6 +228,36 @@ def from_triton(triton: mc.ModelConfig, model: str, source: str,
     return parse_model_config(data, source)
 
 
+def _cuda_options(triton: mc.ModelConfig, source: str) -> dict:
+    """CUDA provider options from `optimization.execution_accelerators` and the legacy
+    top-level parameters; everything else under `optimization` is logged as ignored."""
+    optimization = triton.optimization
+    for field, _ in optimization.ListFields():
+        if field.name != "execution_accelerators":
+            log.info("%s: field 'optimization.%s' is accepted and ignored", source, field.name)
+    accelerators = optimization.execution_accelerators
+    options: dict = {}
+    for index, accelerator in enumerate(accelerators.gpu_execution_accelerator):
+        where = f"optimization.execution_accelerators.gpu_execution_accelerator[{index}]"
+        if accelerator.name != CUDA_ACCELERATOR:
+            log.info("%s: %s '%s' is ignored: this server runs ONNX Runtime's CUDA provider",
+                     source, where, accelerator.name)
+            continue
+        for key, value in sorted(accelerator.parameters.items()):
+            if key in CudaOptions.model_fields:
+                options[key] = value
+            else:
+                log.info("%s: %s parameter '%s' is not used by this server", source, where, key)
+    for index, accelerator in enumerate(accelerators.cpu_execution_accelerator):
+        log.info("%s: optimization.execution_accelerators.cpu_execution_accelerator[%d] '%s' is "
+                 "ignored", source, index, accelerator.name)
+    for key, codes in LEGACY_CUDA_PARAMETERS.items():
+        if key in triton.parameters:
+            value = triton.parameters[key].string_value
+            options[key] = codes.get(value, value) if codes else value
+    return options
+
+
 def _task(triton: mc.ModelConfig, source: str, model_dir: Path | None) -> dict:
     params = {key: value.string_value for key, value in triton.parameters.items()}
     task: dict = {"kind": params.pop("task_kind", "tensor")}
@@ -222,7 +267,7 @@ def _task(triton: mc.ModelConfig, source: str, model_dir: Path | None) -> dict:
             task[key] = json.loads(text)
         except json.JSONDecodeError:
             task[key] = text  # plain strings such as color_mode
-    for key in sorted(params):
+    for key in sorted(set(params) - set(LEGACY_CUDA_PARAMETERS)):
         log.info("%s: parameter '%s' is not used by this server", source, key)
     label_files = [o.label_filename for o in triton.output if o.label_filename]
     if label_files and "labels" not in task and model_dir is not None:
@@ -265,6 +310,11 @@ def to_triton(model: ModelDescription, config: ModelConfig) -> mc.ModelConfig:
     kind = (mc.ModelInstanceGroup.KIND_GPU if model.execution_provider == "CUDAExecutionProvider"
             else mc.ModelInstanceGroup.KIND_CPU)
     triton.instance_group.add(count=config.instance_count, kind=kind)
+    if config.cuda is not None:
+        accelerator = triton.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name=CUDA_ACCELERATOR)
+        for key, value in config.cuda.model_dump(exclude_none=True).items():
+            accelerator.parameters[key] = str(int(value)) if isinstance(value, bool) else str(value)
     # Triton's parameters are strings: the shared flattening, scalars written as JSON.
     for key, value in task_parameters(model.task).items():
         triton.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)

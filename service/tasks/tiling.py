@@ -31,3 +31,19 @@ def tile_windows(size: int, tile: int, overlap: int) -> list[Window]:
         start = min(max(core_start - overlap, 0), size - length)
         windows.append(Window(start, length, core_start, core_end))
     return windows
+
+
+# Image sizes whose tile runs warm-up covers (width, height): full HD, HD, VGA and the bench's
+# 256x256. Images at least tile + 2 * overlap pixels on both sides all cut into the same window
+# shape; a smaller side is one window of the image's own size, which only these sizes warm.
+WARMUP_IMAGE_SIZES = ((1920, 1080), (1280, 720), (640, 480), (256, 256))
+
+
+def tile_runs(width: int, height: int, tile: int, overlap: int,
+              max_batch: int) -> set[tuple[int, int, int]]:
+    """(batch, window height, window width) of every model run an upscale of a width x height
+    image makes: one row of windows per request, split into requests of at most `max_batch`
+    tiles (as TaskCore._run splits them)."""
+    rows, cols = tile_windows(height, tile, overlap), tile_windows(width, tile, overlap)
+    sizes = {min(max_batch, len(cols) - start) for start in range(0, len(cols), max_batch)}
+    return {(batch, row.length, cols[0].length) for row in rows for batch in sizes}

@@ -20,6 +20,7 @@ from support import expect_error
 from onnx_builders import write_task_models
 from service._proto import task_service_pb2 as pb
 from service.client import AsyncTaskClient, TaskClient, to_pil
+from service.tasks.tiling import tile_runs
 
 TILE = 16  # small tiles, so modest test images are cut into many
 
@@ -268,6 +269,26 @@ def test_tiled_super_resolution_equals_untiled(client, repo):
     # No seams: equal everywhere up to float summation order flipping a rounding.
     assert np.abs(tiled.astype(int) - untiled.astype(int)).max() <= 1
     assert (tiled != untiled).mean() < 0.01
+
+
+def executed_batches(server, model: str) -> dict[int, int]:
+    with triton.InferenceServerClient(server.grpc_address) as tc:
+        (stats,) = tc.get_inference_statistics(model).model_stats
+    return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+
+
+def test_tile_runs_are_the_batches_an_upscale_executes(client, server):
+    """What warm-up plans from tiling.tile_runs is what the tiler really sends: 150 pixels wide
+    at tile 16 is 10 windows a row, requests of 8 and 2 (max_batch_size 8), for 3 rows."""
+    picture = np.random.default_rng(3).integers(0, 256, (45, 150), dtype=np.uint8)
+    before = executed_batches(server, "sr")
+    client.upscale(picture, "sr", stream=False)
+    after = executed_batches(server, "sr")
+    executed = {size: count - before.get(size, 0) for size, count in after.items()
+                if count > before.get(size, 0)}
+    runs = tile_runs(150, 45, TILE, 4, 8)
+    assert runs == {(8, 24, 24), (2, 24, 24)}
+    assert executed == {batch: 3 for batch, _, _ in runs}
 
 
 def test_super_resolution_colour_modes(client):

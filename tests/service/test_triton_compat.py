@@ -56,10 +56,21 @@ def repo(tmp_path_factory):
         output [{ name: "y" data_type: TYPE_FP32 dims: [2, 2] reshape: { shape: [4] }
                   label_filename: "labels.txt" }]
         instance_group [{ count: 2 kind: KIND_CPU }]
-        optimization { graph { level: 1 } }
+        optimization {
+          graph { level: 1 }
+          execution_accelerators { gpu_execution_accelerator [
+            { name: "cuda"
+              parameters { key: "enable_cuda_graph" value: "1" }
+              parameters { key: "use_tf32" value: "0" }
+              parameters { key: "cudnn_conv_algo_search" value: "EXHAUSTIVE" }
+              parameters { key: "cudnn_conv_use_max_workspace" value: "1" } },
+            { name: "tensorrt" } ] }
+        }
         model_warmup [{ name: "zeros" batch_size: 1 }]
         parameters { key: "task_kind" value: { string_value: "classifier" } }
         parameters { key: "custom_knob" value: { string_value: "7" } }
+        parameters { key: "cudnn_conv_algo_search" value: { string_value: "1" } }
+        parameters { key: "gpu_mem_limit" value: { string_value: "1073741824" } }
     ''', affine_graph(1.0, 1.0))
     (path / "tuned" / "labels.txt").write_text("north\neast\nsouth\nwest\n")
     return path
@@ -174,13 +185,29 @@ def test_get_model_config_for_every_model(client):
     assert tuned.instance_group[0].count == 2
     assert list(tuned.input[0].reshape.shape) == [4]
     assert json.loads(tuned.parameters["labels"].string_value) == ["north", "east", "south", "west"]
+    # The CUDA provider options, the legacy top-level code (1: HEURISTIC) winning over the
+    # accelerator's, as in Triton's ONNX Runtime backend.
+    (cuda,) = tuned.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cuda.name == "cuda"
+    assert dict(cuda.parameters) == {"cudnn_conv_algo_search": "HEURISTIC",
+                                     "gpu_mem_limit": "1073741824", "enable_cuda_graph": "1",
+                                     "use_tf32": "0"}
+    assert "cudnn_conv_algo_search" not in tuned.parameters
 
 
 def test_ignored_fields_are_logged(server):
     messages = server.messages()
-    assert any("field 'optimization' is accepted and ignored" in m for m in messages)
+    assert any("field 'optimization.graph' is accepted and ignored" in m for m in messages)
     assert any("field 'model_warmup' is accepted and ignored" in m for m in messages)
     assert any("parameter 'custom_knob' is not used" in m for m in messages)
+    accelerators = "optimization.execution_accelerators.gpu_execution_accelerator"
+    assert any(f"{accelerators}[0] parameter 'cudnn_conv_use_max_workspace' is not used" in m
+               for m in messages)
+    assert any(f"{accelerators}[1] 'tensorrt' is ignored" in m for m in messages)
+    # Valid, reported, and not passed to ONNX Runtime on the CPU provider.
+    assert any("cuda options {'cudnn_conv_algo_search': 'HEURISTIC', 'gpu_mem_limit': "
+               "1073741824, 'use_tf32': False, 'enable_cuda_graph': True} are valid but not used "
+               "on CPUExecutionProvider" in m for m in messages), messages
 
 
 def test_reshape_is_applied_both_ways(client):

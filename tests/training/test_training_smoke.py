@@ -134,6 +134,30 @@ def test_espcn(scale, tmp_path, models_dir, sr_images):
     assert config.max_batch_size == 8
 
 
+def test_fp16_variant(models_dir, tmp_path, fashion_available):
+    """export.half: an fp16 graph with fp32 inputs and outputs, for the CUDA provider only; its
+    parity against the float model is checked inside half()."""
+    from onnx import TensorProto, load
+
+    from export import half
+
+    if not (models_dir / "fashion_cnn").exists():
+        from training.classifier import train
+
+        ckpt = train.main(["--arch", "cnn", "--run-dir", str(tmp_path), *FASHION_ARGS])
+        families.export_classifier(ckpt, models_dir)
+    out = half.half("fashion_cnn", models_dir)
+    config = load_model_config(models_dir / "fashion_cnn_fp16" / CONFIG_FILENAME)
+    assert config.name == "fashion_cnn_fp16" and config.instance_kind == "gpu"
+    assert [s.datatype for s in config.inputs + config.outputs] == ["FP32"] * 3
+    weights = {init.data_type for init in load(str(out)).graph.initializer}
+    assert TensorProto.FLOAT16 in weights and TensorProto.FLOAT not in weights
+    card = json.loads((models_dir / "fashion_cnn_fp16" / "card.json").read_text())
+    assert card["export"]["converted_from"] == "fashion_cnn"
+    assert set(card["export"]["parity_max_abs_diff"]) == {
+        f"{o}@batch{b}" for o in ("probabilities", "features") for b in (1, 64)}
+
+
 def test_eval_over_smoke_models(models_dir, sr_images, tmp_path, fashion_available):
     """The eval command runs end to end over whatever the smoke tests exported."""
     if not (models_dir / "fashion_cnn").exists():
@@ -162,6 +186,8 @@ def test_eval_over_smoke_models(models_dir, sr_images, tmp_path, fashion_availab
             metrics = json.loads((models_dir / name / "metrics.json").read_text())
             assert metrics and all(np.isfinite(v) for v in metrics.values())
             assert (models_dir / name / "README.md").exists()
+    if (models_dir / "fashion_cnn_fp16").exists():
+        assert "| fashion_cnn_fp16 | fashion_cnn | Converted to fp16 | test_accuracy " in table
     if (models_dir / "cdcgan").exists():
         assert (
             0.0
