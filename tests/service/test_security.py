@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
+import json
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -117,6 +120,29 @@ def fails_with(call, code: str, *fragments: str):
         assert fragment in info.value.message()
 
 
+def https_get(server, path: str, cafile, cert=None, key=None) -> int:
+    """The status of a GET over HTTPS to the REST port, verifying the server against `cafile`."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key))
+    with urllib.request.urlopen(f"https://127.0.0.1:{server.http_port}{path}", timeout=10,
+                                context=context) as response:
+        return response.status
+
+
+def rest_infer(server, headers: dict | None = None, path: str = "/v2/models/affine/infer"):
+    """(status, JSON body) of a REST infer of one item on affine."""
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                                   "data": [1.0] * 4}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=body,
+                                     method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
 def test_tls_refuses_plaintext_and_wrong_ca(repo, pki, server_factory):
     server = server_factory(repo, "--tls-cert", str(pki.server_cert),
                             "--tls-key", str(pki.server_key))
@@ -128,6 +154,15 @@ def test_tls_refuses_plaintext_and_wrong_ca(repo, pki, server_factory):
     wrong_ca = triton.InferenceServerClient(server.grpc_address, ssl=True,
                                             root_certificates=str(pki.rogue_ca))
     fails_with(lambda: infer(wrong_ca), "UNAVAILABLE")
+    # REST on the same certificate: HTTPS only.
+    assert https_get(server, "/v2/health/ready", pki.ca) == 200
+    with pytest.raises(urllib.error.URLError) as refused:
+        https_get(server, "/v2/health/ready", pki.rogue_ca)
+    assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
+    with pytest.raises((ConnectionResetError, http.client.RemoteDisconnected,
+                        urllib.error.URLError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/v2/health/ready",
+                               timeout=10)
     assert server.process.poll() is None
 
 
@@ -146,6 +181,10 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(repo, pki, server_fac
         server.grpc_address, ssl=True, root_certificates=str(pki.ca),
         private_key=str(pki.rogue_client_key), certificate_chain=str(pki.rogue_client_cert))
     fails_with(lambda: infer(rogue_cert), "UNAVAILABLE")
+    assert https_get(server, "/v2/health/live", pki.ca, pki.client_cert, pki.client_key) == 200
+    for cert, key in ((None, None), (pki.rogue_client_cert, pki.rogue_client_key)):
+        with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
+            https_get(server, "/v2/health/live", pki.ca, cert, key)
 
 
 def test_api_keys(repo, tmp_path, server_factory):
@@ -175,6 +214,25 @@ def test_api_keys(repo, tmp_path, server_factory):
         assert status.status == health_pb2.HealthCheckResponse.SERVING
     text = server.metrics_text()
     assert 'code="UNAUTHENTICATED"' in text and 'code="PERMISSION_DENIED"' in text
+    # The same keys and roles over REST, with the header's own wording.
+    status, body, headers = rest_infer(server)
+    assert (status, body) == (401, {
+        "error": "missing API key: send header 'Authorization: Bearer <key>'"})
+    assert headers["www-authenticate"] == "Bearer"
+    assert rest_infer(server, {"Authorization": "Bearer nope"})[:2] == (
+        401, {"error": "invalid API key"})
+    assert rest_infer(server, {"Authorization": f"Bearer {INFERENCE_KEY}"})[:2] == (
+        200, {"model_name": "affine", "model_version": "1", "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [1, 4], "data": [2.0] * 4}]})
+    status, body, _ = rest_infer(server, {"Authorization": f"Bearer {INFERENCE_KEY}"},
+                                 "/v2/repository/models/affine/load")
+    assert (status, body) == (403, {
+        "error": "RepositoryModelLoad needs an admin key; this key may only run inference"})
+    assert rest_infer(server, {"Authorization": f"Bearer {ADMIN_KEY}"},
+                      "/v2/repository/models/affine/load")[0] == 200  # a reload from disk
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/v2/health/ready",
+                                timeout=10) as response:
+        assert response.status == 200  # public health, as on gRPC
     # Keys are never logged.
     log = "\n".join(str(line) for line in server.log_lines)
     assert INFERENCE_KEY not in log and ADMIN_KEY not in log
@@ -191,6 +249,13 @@ def test_private_health_and_metrics(repo, server_factory):
         ok = health.Check(health_pb2.HealthCheckRequest(), timeout=10,
                           metadata=[("authorization", f"Bearer {INFERENCE_KEY}")])
         assert ok.status == health_pb2.HealthCheckResponse.SERVING
+    ready = f"http://127.0.0.1:{server.http_port}/v2/health/ready"
+    with pytest.raises(urllib.error.HTTPError) as http_error:
+        urllib.request.urlopen(ready, timeout=10)
+    assert http_error.value.code == 401
+    request = urllib.request.Request(ready, headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
     with pytest.raises(urllib.error.HTTPError) as http_error:
         urllib.request.urlopen(url, timeout=10)
