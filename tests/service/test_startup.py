@@ -41,11 +41,13 @@ def one_line_failure(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def quiet_flags(repo: Path, grpc_port: int = 0, metrics_port: int = 0) -> list[str]:
+def quiet_flags(repo: Path, grpc_port: int = 0, metrics_port: int = 0,
+                http_port: int = 0) -> list[str]:
     """Flags for a start that should fail before serving; warnings only, so that stderr holds
     nothing but the failure line."""
     return ["--models", str(repo), "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
-            "--http-port", "0", "--metrics-port", str(metrics_port), "--log-level", "WARNING"]
+            "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+            "--log-level", "WARNING"]
 
 
 def free_port() -> int:
@@ -125,6 +127,16 @@ def test_reuse_port_shares_a_port_on_purpose(repo, server_factory):
     second = server_factory(repo, "--reuse-port", grpc_port=port)
     assert first.grpc_port == second.grpc_port == port
     assert first.process.poll() is None and second.process.poll() is None
+
+
+def test_a_busy_http_port_fails_the_start_and_minus_one_turns_rest_off(repo, server_factory):
+    first = server_factory(repo)
+    line = one_line_failure(run_serve(*quiet_flags(repo, http_port=first.http_port)))
+    assert line == (f"serve: the HTTP port {first.http_port} on 127.0.0.1 is in use by another "
+                    "process (choose another with --http-port, or 0 for any free one)")
+    without_rest = server_factory(repo, http_port=-1)
+    assert without_rest.http_port == -1
+    assert "http_port=-1" in " ".join(without_rest.messages())
 
 
 def test_a_busy_metrics_port_fails_the_start(repo):
