@@ -45,9 +45,10 @@ $(PROTO_OUT)/%_pb2.py: protos/%.proto | $(STAMP)
 	$(PY) -m grpc_tools.protoc -I$(PROTO_OUT)=protos --python_out=. --pyi_out=. --grpc_python_out=. $<
 
 # Debian packages the tests use: Fashion-MNIST idx files (training smoke tests), Prometheus
-# (promtool and a real scrape), nginx (the L7 proxy in the failover test).
+# (promtool and a real scrape), nginx (the L7 proxy in the failover test), curl (the README's REST
+# commands).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-APT_PACKAGES := dataset-fashion-mnist prometheus nginx
+APT_PACKAGES := dataset-fashion-mnist prometheus nginx curl
 APT_STAMP := $(VENV)/.apt-installed
 apt-deps: $(APT_STAMP)
 $(APT_STAMP): | $(VENV)/bin/python

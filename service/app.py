@@ -26,6 +26,7 @@ from service.grpc.kserve import add_to_server as add_kserve_to_server
 from service.grpc.task import TaskServicer
 from service.http.framework import HttpApp, Router
 from service.http.server import HttpServer, tls_options
+from service.http.tasks import TaskRoutes
 from service.http.v2 import V2Routes
 from service.metrics import Metrics
 from service.ports import bind_error, check_port_free
@@ -108,6 +109,7 @@ class InferenceServer:
         if settings.http_port >= 0:
             router = Router()
             V2Routes(self.core, settings.max_load_file_bytes).register(router)
+            TaskRoutes(self.core, self.tasks, limit).register(router)
             self.http_app = HttpApp(router, self.metrics, lambda: self.core.draining, self.keys,
                                     settings.public_health, limit)
             tls = None

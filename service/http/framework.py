@@ -176,11 +176,18 @@ class HttpApp:
                 code = "INTERNAL"
                 log.exception("unexpected error in %s %s", method, path)
                 response = Response(500, error_body(INTERNAL_MESSAGE))
+            sending = self._send(send, response, headers.get("accept-encoding", ""), method)
+            if route.cancellable and not isinstance(response.body, (bytes, list)):
+                # A stream computes as it goes: a client that disconnects stops the computing.
+                sending = _cancelled_on_disconnect(sending, receive)
             try:
-                await self._send(send, response, headers.get("accept-encoding", ""), method)
+                await sending
             except ServiceError as exc:  # a streamed body failed after its status line went out
                 code = exc.status
                 log.error("streamed response of %s %s failed: %s", method, path, exc.message)
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
                 raise
         finally:
             if counted:

@@ -192,7 +192,7 @@ class TaskCore:
         task = model.config.task
         classes = task.num_classes or len(task.labels or [])
         top_k = top_k or 1
-        if top_k > classes:
+        if not 1 <= top_k <= classes:  # gRPC's top_k cannot be negative, REST's can
             raise InvalidArgument(f"top_k: expected 1..{classes}, got {top_k}")
         input_name, batch, conversions = self._image_batch(model, pictures)
         outputs = await self._run(model, {input_name: batch}, deadline)
