@@ -93,6 +93,10 @@ class Route:
     cancellable: bool = False  # a client that disconnects cancels the call (and its queued work)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer: there is nobody to send it to."""
+
+
 class NoRoute(Exception):
     def __init__(self, allowed: list[str]):
         self.allowed = allowed
@@ -169,9 +173,9 @@ class HttpApp:
                 if exc.model:
                     request.note(exc.model, exc.version)
                 response = _error(exc)
-            except asyncio.CancelledError:  # the client went away: nobody to answer
+            except ClientGone:
                 code = "CANCELLED"
-                raise
+                return
             except Exception:  # noqa: BLE001 - a fault of ours: generic message, logged cause
                 code = "INTERNAL"
                 log.exception("unexpected error in %s %s", method, path)
@@ -186,9 +190,8 @@ class HttpApp:
                 code = exc.status
                 log.error("streamed response of %s %s failed: %s", method, path, exc.message)
                 raise
-            except asyncio.CancelledError:
+            except ClientGone:  # mid-stream: the rest is not computed
                 code = "CANCELLED"
-                raise
         finally:
             if counted:
                 self.calls.end(request.model, request.version, route.call, code, started)
@@ -222,7 +225,7 @@ class HttpApp:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body:
@@ -266,19 +269,26 @@ class HttpApp:
 
 async def _cancelled_on_disconnect(work: Awaitable[Response], receive) -> Response:
     """Run `work`; if the client disconnects first, cancel it (so its queued requests leave the
-    batcher at once) and let the cancellation end the call."""
+    batcher at once) and raise ClientGone."""
     task = asyncio.ensure_future(work)
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                gone = True
                 task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientGone from None
+        raise
     finally:
         watcher.cancel()
 

@@ -20,30 +20,11 @@ from hypothesis import given, settings, strategies as st
 from onnx_builders import (
     affine_config, affine_graph, fault_config, fault_graph, slow_config, slow_graph, write_model,
 )
+from rest_client import call, error_of
 from servers import metric_value, start_server, wait_for
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[], print_blob=True)
-
-
-def call(server, method: str, path: str, body: bytes | dict | None = None,
-         headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
-    """One HTTP request on a fresh connection: (status, headers with lower-case names, body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=timeout)
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
-
-
-def error_of(result) -> tuple[int, str]:
-    status, headers, body = result
-    assert headers["content-type"] == "application/json", headers
-    return status, json.loads(body)["error"]
 
 
 def infer_body(x: np.ndarray, name: str = "x", **extra) -> dict:
