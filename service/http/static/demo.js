@@ -260,7 +260,7 @@ const decoder = panel("latent", (m) => ["generator", "decoder"].includes(m.task_
 const pad = $(".pad", decoder.section);
 const decoded = $("img.decoded", decoder.section);
 let wanted = null;   // the point last asked for
-let shown = null;    // the point the image shows
+let shown = "";      // the model and point the image shows
 let decoding = false;
 
 const rounded = (value) => Math.round(
@@ -274,17 +274,20 @@ function moveTo(point) {
   decodeWanted();
 }
 
-// One request at a time; while it runs, a drag only updates `wanted`, which is decoded next.
+// One request at a time; while it runs, a drag (or another model) only changes what is wanted,
+// which is decoded next.
 async function decodeWanted() {
-  if (decoding) return;
+  if (decoding || !wanted) return;
   decoding = true;
   await guarded(decoder.section, async () => {
-    while (wanted && (shown === null || wanted.some((v, i) => v !== shown[i]))) {
+    for (;;) {
       const point = wanted;
+      const asked = JSON.stringify([decoder.model.name, point]);
+      if (asked === shown) return;
       const response = await postJson(modelPath(decoder.model.name, "decode"),
                                       { latents: [point] }, "image/png");
       await showBlob(decoded, await response.blob());
-      shown = point;
+      shown = asked;
       decoded.dataset.latent = JSON.stringify(point);
       $(".point", decoder.section).textContent =
         `z = (${point.map((v) => v.toFixed(2)).join(", ")})`;
@@ -314,10 +317,7 @@ pad.addEventListener("keydown", (event) => {
   const [x, y] = wanted ?? [0, 0];
   moveTo([x + move[0] * LATENT_STEP, y + move[1] * LATENT_STEP]);
 });
-$("select[name=model]", decoder.section).addEventListener("change", () => {
-  shown = null;  // another model: the same point decodes anew
-  if (wanted) decodeWanted();
-});
+$("select[name=model]", decoder.section).addEventListener("change", decodeWanted);
 
 // -- start ------------------------------------------------------------------------------------
 
