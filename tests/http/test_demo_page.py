@@ -7,22 +7,20 @@ tests/artifacts/demo_page/."""
 from __future__ import annotations
 
 import base64
-import gzip
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
+from loadtest.payloads import fashion_mnist_images
 from rest_client import call, png
 from servers import ROOT, start_server
 
 MODELS = ROOT / "models"
 SERVED = ("cdcgan", "dcgan", "espcn_x3", "fashion_cnn", "vae_decoder")
-FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 ARTIFACTS = ROOT / "tests" / "artifacts" / "demo_page"
 CHROMIUM = "/usr/bin/chromium"
 # What works on these machines: no sandbox (root, no user namespaces), no GPU, and nothing that
@@ -111,17 +109,23 @@ def image_bytes(page: Page, selector: str) -> bytes:
     return base64.b64decode(encoded)
 
 
-def natural_size(page: Page, selector: str) -> tuple[int, int]:
-    return tuple(page.eval_on_selector(selector, "img => [img.naturalWidth, img.naturalHeight]"))
+def natural_sizes(page: Page, selector: str) -> list[list[int]]:
+    """[width, height] of every <img> matching `selector`, once each has loaded."""
+    page.wait_for_function("selector => [...document.querySelectorAll(selector)].every("
+                           "img => img.complete && img.naturalWidth > 0)", arg=selector)
+    return page.eval_on_selector_all(selector, "imgs => imgs.map(img => [img.naturalWidth, "
+                                               "img.naturalHeight])")
 
 
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.int16)
 
 
-def fashion_image(index: int) -> np.ndarray:
-    with gzip.open(FASHION) as f:
-        return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[index]
+def boot() -> np.ndarray:
+    """The first Fashion-MNIST test image, an ankle boot."""
+    images = fashion_mnist_images(1)
+    assert images is not None, "Debian's dataset-fashion-mnist is missing: run `make apt-deps`"
+    return images[0]
 
 
 def photo(width: int, height: int) -> np.ndarray:
@@ -187,7 +191,7 @@ def test_the_page_and_its_files_are_served_with_their_types(server):
 
 def test_a_dropped_image_shows_the_classifiers_top5_as_bars(demo, server):
     page, log = demo
-    image = png(fashion_image(0))
+    image = png(boot())
     drop(page, "#classify .drop", "boot.png", image, "image/png")
     bars = page.locator("#classify .bar")
     expect(bars).to_have_count(5)
@@ -219,8 +223,7 @@ def test_a_picked_photo_shows_bicubic_and_the_models_upscale_side_by_side(demo, 
         "name": "photo.png", "mimeType": "image/png", "buffer": png(original)}])
     expect(page.locator("#upscale img.model")).to_be_visible()
     expect(page.locator("#upscale img.bicubic")).to_be_visible()
-    assert natural_size(page, "#upscale img.model") == (768, 540)
-    assert natural_size(page, "#upscale img.bicubic") == (768, 540)
+    assert natural_sizes(page, "#upscale img") == [[768, 540], [768, 540]]
     # The right image is the model's answer for the photo's centre 256 x 180, byte for byte: the
     # page sent exactly those pixels (as a canvas encodes them: RGBA, opaque).
     crop = original[:, 32:288]
@@ -257,7 +260,7 @@ def test_a_generator_fills_a_grid_for_a_seed_and_a_class(demo, server):
     assert status == 200
     expected = [f"data:image/png;base64,{image['png']}" for image in json.loads(body)["images"]]
     assert [tiles.nth(i).get_attribute("src") for i in range(12)] == expected
-    assert natural_size(page, "#generate .grid img") == (28, 28)
+    assert natural_sizes(page, "#generate .grid img") == [[28, 28]] * 12
     screenshot(page, "3_generate_cdcgan")
     # An unconditional one has no class to choose.
     form.locator("select[name=model]").select_option("dcgan")
@@ -333,7 +336,7 @@ def test_the_latent_pad_decodes_the_point_clicked_or_dragged_to(demo, server):
     first = (-1.5, 1.0)
     page.mouse.click(*point(first))
     wait_for_point(first)
-    assert natural_size(page, "#latent img.decoded") == (28, 28)
+    assert natural_sizes(page, "#latent img.decoded") == [[28, 28]]
     first_image = decoded(page, server, first)
     screenshot(page, "4_latent_clicked")
     # Dragging: the image follows to where the pointer lets go.
@@ -384,7 +387,7 @@ def test_with_api_keys_the_page_shows_the_401_and_works_once_given_the_key(brows
     page.click("#key-form button")
     expect(page.locator("#models tbody tr")).to_have_count(1)
     expect(error).to_be_hidden()
-    drop(page, "#classify .drop", "boot.png", png(fashion_image(0)), "image/png")
+    drop(page, "#classify .drop", "boot.png", png(boot()), "image/png")
     expect(page.locator("#classify .bar")).to_have_count(5)
     screenshot(page, "5_keys_given")
     assert log.problems == ["console error: Failed to load resource: the server responded with "
