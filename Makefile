@@ -46,9 +46,9 @@ $(PROTO_OUT)/%_pb2.py: protos/%.proto | $(STAMP)
 
 # Debian packages the tests use: Fashion-MNIST idx files (training smoke tests), Prometheus
 # (promtool and a real scrape), nginx (the L7 proxy in the failover test), curl (the README's REST
-# commands).
+# commands), chromium (the demo page's browser tests: Playwright drives it, never downloads one).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-APT_PACKAGES := dataset-fashion-mnist prometheus nginx curl
+APT_PACKAGES := dataset-fashion-mnist prometheus nginx curl chromium
 APT_STAMP := $(VENV)/.apt-installed
 apt-deps: $(APT_STAMP)
 $(APT_STAMP): | $(VENV)/bin/python

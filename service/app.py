@@ -24,6 +24,7 @@ from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.kserve import SERVICE as KSERVE, KServeServicer
 from service.grpc.kserve import add_to_server as add_kserve_to_server
 from service.grpc.task import TaskServicer
+from service.http.demo import DemoRoutes
 from service.http.framework import HttpApp, Router
 from service.http.openapi import DocsRoutes
 from service.http.server import HttpServer, tls_options
@@ -112,6 +113,7 @@ class InferenceServer:
             V2Routes(self.core, settings.max_load_file_bytes).register(router)
             TaskRoutes(self.core, self.tasks, limit).register(router)
             DocsRoutes().register(router)
+            DemoRoutes().register(router)
             self.http_app = HttpApp(router, self.metrics, lambda: self.core.draining, self.keys,
                                     settings.public_health, limit)
             tls = None

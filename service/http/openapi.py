@@ -387,6 +387,15 @@ OPERATIONS = {
         "DocsStatic", "Swagger UI's files", "docs", {"200": {
             "description": "The file", "content": {"*/*": {"schema": BINARY}}}},
         errors=("404", "503"), public=True),
+    # -- the demo page (service/http/demo.py) --------------------------------------------------
+    ("GET", "/"): _operation(
+        "Demo", "The demo page: classify, upscale, generate and walk a latent space", "docs", {
+            "200": {"description": "HTML", "content": {"text/html": {"schema": STRING}}}},
+        errors=("503",), public=True),
+    ("GET", "/demo/{file}"): _operation(
+        "DemoStatic", "The demo page's scripts and style sheet", "docs", {"200": {
+            "description": "The file", "content": {"*/*": {"schema": BINARY}}}},
+        errors=("404", "503"), public=True),
 }
 
 
@@ -409,7 +418,7 @@ def document() -> dict:
         "tags": [{"name": "v2", "description": "Open Inference Protocol (KServe V2), "
                                                "tritonclient.http compatible"},
                  {"name": "tasks", "description": "Task API (protos/task_service.proto)"},
-                 {"name": "docs", "description": "This document and its docs page"}],
+                 {"name": "docs", "description": "This document, its docs page and the demo page"}],
         "paths": paths,
         "components": {"schemas": SCHEMAS, "responses": RESPONSES, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"}}},

@@ -75,7 +75,7 @@ def test_every_route_of_the_router_is_documented_and_nothing_else(document, tmp_
     documented = {(method.upper(), path) for path, item in document["paths"].items()
                   for method in item if method != "parameters"}
     assert routes == documented
-    assert len(routes) == 17 + 8 + 3  # V2, task API, docs
+    assert len(routes) == 17 + 8 + 3 + 2  # V2, task API, docs, demo page
 
 
 def resolved(schema, document):
@@ -181,5 +181,5 @@ def test_the_api_needs_a_key_while_the_docs_do_not(server):
         "error": "missing API key: send header 'Authorization: Bearer <key>'"})
     assert headers["www-authenticate"] == "Bearer"
     assert call(server, "GET", "/v1/models", headers=AUTH)[0] == 200
-    for path in ("/openapi.json", "/docs", "/docs/static/swagger-ui.css"):
+    for path in ("/openapi.json", "/docs", "/docs/static/swagger-ui.css", "/", "/demo/demo.js"):
         assert call(server, "GET", path)[0] == 200, path
