@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
-# onnx-serve: the KServe V2 gRPC service on ONNX Runtime.
+# onnx-serve: the KServe V2 service on ONNX Runtime, REST on 8000, gRPC on 8001, metrics on 8002.
 #
 #   docker build -t onnx-serve .
-#   docker run --rm -p 8001:8001 -p 8002:8002 onnx-serve                 # CPU
-#   docker run --rm --gpus all -p 8001:8001 -p 8002:8002 onnx-serve      # CUDA when usable
+#   docker run --rm -p 8000-8002:8000-8002 onnx-serve                 # CPU
+#   docker run --rm --gpus all -p 8000-8002:8000-8002 onnx-serve      # CUDA when usable
 #
 # The runtime base carries the CUDA 13 runtime, cuBLAS and cuDNN 9 that onnxruntime-gpu's CUDA
 # provider loads; on a host without an NVIDIA GPU the server logs why and runs on CPU.
@@ -25,11 +25,14 @@ RUN python3 -m venv /opt/codegen \
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY service/ service/
+# Every proto: grpc_service imports model_config, and the server serves the task API too. The
+# check imports what the server imports, so a stub or dependency missing fails the build, not the pod.
 RUN /opt/codegen/bin/python -m grpc_tools.protoc -Iservice/_proto=protos \
-      --python_out=. --pyi_out=. --grpc_python_out=. protos/grpc_service.proto \
+      --python_out=. --pyi_out=. --grpc_python_out=. \
+      protos/grpc_service.proto protos/model_config.proto protos/task_service.proto \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install . \
- && /opt/venv/bin/python -c "import service._proto.grpc_service_pb2_grpc, onnxruntime"
+ && /opt/venv/bin/python -c "import service.app"
 
 # ---- runtime ------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS runtime
@@ -46,11 +49,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ONNXSERVE_LOG_FORMAT=json \
+    ONNXSERVE_HTTP_PORT=8000 \
     ONNXSERVE_GRPC_PORT=8001 \
     ONNXSERVE_METRICS_PORT=8002
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 # The gRPC health service (service ""): SERVING once every startup model is ready, NOT_SERVING
 # while draining. No grpc_health_probe binary needed: grpcio-health-checking is already installed.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \

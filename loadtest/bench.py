@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtest import harness
+from loadtest import harness, rest
 from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config
 
 ROOT = harness.ROOT
@@ -250,6 +250,10 @@ def main() -> int:
                                            server=server)
             table.add(f"5 rss run {rss_seconds:.0f}s", cnn.name, long_run, None)
             rss_end = server.rss_mib()
+
+            # 6-8. overhead, batch 64 and 32x1 again over REST (loadtest/rest.py), same server
+            targets += [Target(*t) for t in rest.bench_targets(
+                server, cnn, seconds, table, lambda n: ceiling(pin, cnn, [n], ceiling_s)[n])]
         finally:
             server.terminate()
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,47 +86,60 @@ async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: i
         # Bytes in, bytes out: the request is serialised once, the response is not parsed.
         call = channel.unary_unary(method)
         await call(payload, timeout=max(timeout, 30))  # connect and check once, outside timing
-        loop = asyncio.get_running_loop()
-        begin = time.perf_counter() + warmup
-        end = begin + seconds
-        latencies: list[float] = []
-        counts = {"calls": 0, "errors": 0}
 
-        async def client():
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= end:
-                    return
-                try:
-                    await call(payload, timeout=timeout)
-                    ok = True
-                except grpc.aio.AioRpcError:
-                    ok = False
-                t1 = time.perf_counter()
-                if begin <= t0 and t1 <= end:
-                    if ok:
-                        counts["calls"] += 1
-                        latencies.append(t1 - t0)
-                    else:
-                        counts["errors"] += 1
+        async def one_call() -> bool:
+            try:
+                await call(payload, timeout=timeout)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
 
-        readings = {}
+        return await timed_callers([one_call] * clients, batch_size, seconds, warmup, server)
 
-        async def window():
-            await asyncio.sleep(max(0.0, begin - time.perf_counter()))
-            if server is not None:
-                readings["m0"] = await loop.run_in_executor(None, server.metrics_text)
-                readings["s0"] = server.cpu_seconds()
-            readings["c0"], readings["w0"] = time.process_time(), time.perf_counter()
-            await asyncio.sleep(max(0.0, end - time.perf_counter()))
-            readings["c1"], readings["w1"] = time.process_time(), time.perf_counter()
-            if server is not None:
-                readings["s1"] = server.cpu_seconds()
-                readings["m1"] = await loop.run_in_executor(None, server.metrics_text)
 
-        await asyncio.gather(window(), *(client() for _ in range(clients)))
+async def timed_callers(callers: list[Callable[[], Awaitable[bool]]], batch_size: int,
+                        seconds: float, warmup: float, server: Server | None) -> LoadResult:
+    """Run each caller in a closed loop (the next call as soon as the last returns; a caller
+    answers whether its call succeeded) for `seconds` after `warmup`, and read this process's
+    CPU, and the server's CPU and metrics, over the same window. Shared by every protocol's
+    load generator."""
+    loop = asyncio.get_running_loop()
+    begin = time.perf_counter() + warmup
+    end = begin + seconds
+    latencies: list[float] = []
+    counts = {"calls": 0, "errors": 0}
+
+    async def client(one_call):
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            ok = await one_call()
+            t1 = time.perf_counter()
+            if begin <= t0 and t1 <= end:
+                if ok:
+                    counts["calls"] += 1
+                    latencies.append(t1 - t0)
+                else:
+                    counts["errors"] += 1
+
+    readings = {}
+
+    async def window():
+        await asyncio.sleep(max(0.0, begin - time.perf_counter()))
+        if server is not None:
+            readings["m0"] = await loop.run_in_executor(None, server.metrics_text)
+            readings["s0"] = server.cpu_seconds()
+        readings["c0"], readings["w0"] = time.process_time(), time.perf_counter()
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        readings["c1"], readings["w1"] = time.process_time(), time.perf_counter()
+        if server is not None:
+            readings["s1"] = server.cpu_seconds()
+            readings["m1"] = await loop.run_in_executor(None, server.metrics_text)
+
+    await asyncio.gather(window(), *(client(one_call) for one_call in callers))
     wall = readings["w1"] - readings["w0"]
-    result = LoadResult(clients, batch_size, seconds, counts["calls"], counts["errors"],
+    result = LoadResult(len(callers), batch_size, seconds, counts["calls"], counts["errors"],
                         latencies, (readings["c1"] - readings["c0"]) / wall)
     if server is not None:
         result.server_cpu = (readings["s1"] - readings["s0"]) / wall

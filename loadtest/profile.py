@@ -39,6 +39,9 @@ AREAS = [
     ("service/grpc/interceptor", "service: interceptor"),
     ("service/grpc/kserve_codec", "service: codec (decode/encode)"),
     ("service/grpc/kserve", "service: KServe servicer"),
+    ("service/http/v2_codec", "service: REST codec (decode/encode)"),
+    ("service/http/", "service: REST framework and routes"),
+    ("uvicorn/", "uvicorn (HTTP/1.1, ASGI)"),
     ("service/core/batcher", "service: batcher"),
     ("service/core/tensors", "service: validation"),
     ("service/core/", "service: core (other)"),
@@ -49,6 +52,9 @@ AREAS = [
     ("_read_from_self", "thread hop (executor, futures)"),
     ("grpc/", "grpc python layer"),
     ("Handle._run", "grpc.aio core callbacks (Cython/C, run by asyncio)"),
+    # Under uvloop, C/Cython run by the loop has no Python frame of its own: the loop itself,
+    # grpc.aio's callbacks, httptools' parser.
+    ("Runner.run", "C/Cython run by uvloop (the loop, grpc.aio, httptools)"),
     ("asyncio/", "asyncio event loop"),
 ]
 

@@ -26,6 +26,9 @@ class HttpServer:
         config = uvicorn.Config(
             app, host=host, port=port, loop="none", http="httptools", lifespan="off",
             log_config=None, access_log=False, server_header=False,
+            # The app reads neither the peer's address nor the scheme, so X-Forwarded-* headers
+            # need no rewriting: no ProxyHeadersMiddleware around every call.
+            proxy_headers=False,
             timeout_graceful_shutdown=max(int(graceful_s), 1), **(tls or {}))
         try:
             config.load()  # reads the TLS files

@@ -8,8 +8,8 @@ count, type and range.
 
 A response is JSON, or JSON followed by raw output bytes for the outputs asked for in binary
 (`parameters.binary_data` on a requested output, or `binary_data_output` on the request, which
-tritonclient sets when it names no outputs); the parts go out unjoined, so each output byte is
-copied once, into the socket.
+tritonclient sets when it names no outputs); the parts are handed over unjoined, so a large
+output's bytes are copied once, into the socket (the framework joins only small responses).
 """
 
 from __future__ import annotations

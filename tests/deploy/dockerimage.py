@@ -55,7 +55,7 @@ def stages(dockerfile: Path) -> list[Stage]:
             base, *rest = args.split()
             found.append(Stage(base, rest[1] if len(rest) == 2 and rest[0].upper() == "AS"
                                else None))
-        else:
+        elif found:  # an ARG before the first FROM only parameterises FROM lines
             found[-1].instructions.append((op, args))
     return found
 

@@ -100,6 +100,8 @@ def test_compose_services_are_hardened_and_gpu_is_a_profile(compose):
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
     for service in (cpu, gpu):
+        # Every port the server opens by default is published: REST, gRPC and metrics.
+        assert {int(port.split(":")[-1]) for port in service["ports"]} == set(_default_ports())
         assert service["read_only"] is True
         assert not str(service["user"]).startswith(("0", "root"))
         assert any(entry.startswith("/tmp") for entry in service["tmpfs"])
@@ -109,6 +111,13 @@ def test_compose_services_are_hardened_and_gpu_is_a_profile(compose):
     assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert services["locust-worker"]["deploy"]["replicas"] >= 2
     assert "--master" in services["locust-master"]["command"]
+
+
+def _default_ports() -> list[int]:
+    from service.settings import ServerSettings
+
+    fields = ServerSettings.model_fields
+    return [fields[f"{name}_port"].default for name in ("http", "grpc", "metrics")]
 
 
 # -- Prometheus -----------------------------------------------------------------------------------
@@ -175,6 +184,51 @@ def test_dashboard_has_the_panels_ops_asked_for():
 def test_hadolint(dockerfile):
     result = run(tool("hadolint"), "--no-color", str(dockerfile))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_service_image_compiles_every_proto():
+    """The server imports every generated module (grpc_service imports model_config; the task
+    API has its own), so the image's protoc run must name every .proto."""
+    from dockerimage import stages
+
+    (build,) = [stage for stage in stages(ROOT / "Dockerfile") if stage.name == "build"]
+    (protoc,) = [args for op, args in build.instructions if op == "RUN" and "protoc" in args]
+    compiled = {token for token in shlex.split(protoc) if token.endswith(".proto")}
+    assert compiled == {p.relative_to(ROOT).as_posix() for p in (ROOT / "protos").glob("*.proto")}
+
+
+def _third_party_imports(package: Path) -> set[str]:
+    found = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return {name for name in found
+            if name not in sys.stdlib_module_names and name not in ("__future__", "service")}
+
+
+def test_the_image_installs_every_service_package_and_its_imports():
+    """`pip install .` (the image's install) takes the packages setuptools finds, which skip a
+    folder without __init__.py, and the dependencies outside any extra: each must cover what the
+    server's code imports."""
+    from importlib.metadata import packages_distributions, requires
+
+    from setuptools import find_packages
+
+    folders = {path.parent.relative_to(ROOT).as_posix().replace("/", ".")
+               for path in (ROOT / "service").rglob("*.py") if "__pycache__" not in path.parts}
+    left_out = folders - set(find_packages(str(ROOT), include=["service*"]))
+    assert not left_out, f"not installed (no __init__.py?): {sorted(left_out)}"
+    runtime = {canonicalize_name(r.name) for r in map(Requirement, requires("onnx-serve"))
+               if "extra" not in str(r.marker)}
+    distributions = packages_distributions()
+    # uvicorn loads its HTTP parser by the name service/http/server.py gives it, not an import.
+    modules = _third_party_imports(ROOT / "service") | {"httptools"}
+    missing = {name for name in modules
+               if not {canonicalize_name(d) for d in distributions.get(name, [])} & runtime}
+    assert not missing, f"imported by service/ but not a runtime dependency: {sorted(missing)}"
 
 
 def test_service_image_shape():

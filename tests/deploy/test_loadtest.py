@@ -194,6 +194,51 @@ def test_closed_loop_client_reports_calls_cpu_and_server_batches(server, repo):
     assert result.p50_ms <= result.percentile_ms(99)
 
 
+def test_rest_client_sends_binary_tensors_and_counts_each_answered_call(server, repo):
+    """The REST load generator's request is a binary-extension infer call the server answers
+    correctly (outputs checked here byte for byte), and its closed loop counts what it sent."""
+    import urllib.request
+
+    import numpy as np
+
+    from loadtest import rest
+    from loadtest.payloads import make_inputs, signature_from_config
+
+    request = rest.payload(repo / "affine", 3, server.http_address)
+    head, body = request.split(b"\r\n\r\n", 1)
+    request_line, *header_lines = head.decode().split("\r\n")
+    method, path, _ = request_line.split(" ")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    with urllib.request.urlopen(urllib.request.Request(
+            server.http_url + path, data=body, method=method, headers=headers), timeout=10) as reply:
+        length = int(reply.headers["Inference-Header-Content-Length"])
+        answer = reply.read()
+    (output,) = json.loads(answer[:length])["outputs"]
+    assert output == {"name": "y", "datatype": "FP32", "shape": [3, 4],
+                      "parameters": {"binary_data_size": 48}}
+    inputs, _ = make_inputs(signature_from_config(repo / "affine"), 3, "real")
+    np.testing.assert_array_equal(np.frombuffer(answer[length:], np.float32).reshape(3, 4),
+                                  inputs["x"] * 2 + 1)
+
+    def answered() -> float:
+        return metric_value(server.metrics_text(), "inference_requests_total", model="affine",
+                            rpc="ModelInfer", code="OK", protocol="http")
+
+    before = answered()
+    result = rest.closed_loop(server.http_address, request, clients=4, batch_size=3,
+                              seconds=0.5, warmup=0.0, server=server)
+    assert result.calls > 0 and result.errors == 0
+    assert result.items_per_s == result.calls * 3 / 0.5
+    assert result.server_cpu is not None and 3 <= result.mean_batch("affine") <= 8
+    # Besides the timed calls (no warm-up here): one check per connection, and at most one call
+    # per connection still running when the window closed.
+    assert result.calls + 4 <= answered() - before <= result.calls + 4 + 4
+
+    missing = rest.infer_request(server.http_address, "missing", inputs, ["y"])
+    with pytest.raises(rest.HttpError, match="answered with 404"):
+        rest.closed_loop(server.http_address, missing, 1, 3, 0.1, warmup=0.0)
+
+
 def test_ceiling_runs_the_same_model_in_process(repo):
     from loadtest.ceiling import measure
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import urllib.error
+import urllib.request
 from functools import cache
 from pathlib import Path
 
@@ -34,6 +38,9 @@ from onnx_builders import affine_config, affine_graph, write_model
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("base", "cpu", "gpu", "bundled")
+# The HTTP probes component on each overlay that deploys ("overlay+component" renders both).
+HTTP_PROBED = ("cpu+http-probes", "gpu+http-probes", "bundled+http-probes")
+KSERVE = ("kserve", "kserve-rest")  # one port each: gRPC (h2c), REST (http1)
 IMAGE = "onnx-serve:0.1.0"
 KUBERNETES_VERSION = "1.37.0"
 OLDEST_KUBERNETES = "1.30.0"  # the README's minimum (preStop sleep action)
@@ -47,11 +54,23 @@ METRIC_NAME = re.compile(r"\binference_[a-z_]+\b")
 
 
 @cache
-def render(directory: str) -> tuple[dict, ...]:
+def render(source: str) -> tuple[dict, ...]:
+    """An overlay rendered by `kubectl kustomize`; "cpu+http-probes" is the cpu overlay with the
+    http-probes component, composed as a user's own overlay would (kustomize takes relative paths
+    only)."""
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is needed to render the kustomize overlays (it runs without a cluster)"
-    result = subprocess.run([kubectl, "kustomize", str(K8S / directory)],
-                            capture_output=True, text=True, timeout=120)
+    overlay, *components = source.split("+")
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = K8S / overlay
+        if components:
+            directory = Path(tmp)
+            (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+                "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / overlay, tmp)],
+                "components": [os.path.relpath(K8S / c, tmp) for c in components]}))
+        result = subprocess.run([kubectl, "kustomize", str(directory)],
+                                capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
@@ -109,12 +128,12 @@ def check_jsonschema(schema: Path, documents: list[dict],
 # --- offline validation --------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", [OLDEST_KUBERNETES, KUBERNETES_VERSION])
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", OVERLAYS + HTTP_PROBED)
 def test_rendered_overlay_is_valid_kubernetes_strict(overlay, version):
     docs = render(overlay)
     kinds = {doc["kind"] for doc in docs}
     assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
-    assert ("PersistentVolumeClaim" in kinds) == (overlay != "bundled")
+    assert ("PersistentVolumeClaim" in kinds) == (not overlay.startswith("bundled"))
     for doc in docs:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -131,8 +150,9 @@ def test_strict_kubernetes_validation_rejects_an_unknown_field():
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_kserve_objects_match_their_crd_schemas(tmp_path):
-    docs = render("kserve")
+@pytest.mark.parametrize("source", KSERVE)
+def test_kserve_objects_match_their_crd_schemas(source, tmp_path):
+    docs = render(source)
     assert {doc["kind"] for doc in docs} == set(KSERVE_SCHEMAS)
     for kind, schema in KSERVE_SCHEMAS.items():
         assert schema.is_file(), f"{schema} missing (the shared schemas sit next to the checkout)"
@@ -163,11 +183,13 @@ def test_services_pdb_and_hpa_point_at_the_deployment(overlay):
     pod = deployment["spec"]["template"]
     pod_labels = pod["metadata"]["labels"]
     ports = {p["name"]: p["containerPort"] for p in server_container(pod["spec"])["ports"]}
-    assert set(ports) == {"grpc", "metrics"}
+    assert set(ports) == {"http", "grpc", "metrics"}
 
     services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
     assert services["onnx-serve-headless"]["spec"]["clusterIP"] == "None"
     assert services["onnx-serve"]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    # REST clients go through the ClusterIP (kube-proxy spreads their connections over pods).
+    assert {p["name"] for p in services["onnx-serve"]["spec"]["ports"]} == set(ports)
     for service in services.values():
         assert service["spec"]["selector"].items() <= pod_labels.items()
         for port in service["spec"]["ports"]:
@@ -270,15 +292,21 @@ def test_gpu_overlay_requests_a_gpu_and_cpu_does_not():
     assert env_of(cpu)["ONNXSERVE_DEVICE"] == "cpu"
 
 
-def test_kserve_runtime_serves_onnx_over_v2_and_the_isvc_scales_on_queue_depth():
-    docs = render("kserve")
+@pytest.mark.parametrize("source, port_name, protocol", [("kserve", "h2c", "grpc-v2"),
+                                                         ("kserve-rest", "http1", "v2")])
+def test_kserve_runtime_serves_onnx_over_v2_and_the_isvc_scales_on_queue_depth(
+        source, port_name, protocol):
+    docs = render(source)
     runtime, isvc = only(docs, "ServingRuntime"), only(docs, "InferenceService")
     assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == ["onnx"]
     assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
+    # Serverless mode takes one port, named for its protocol (Knative: h2c or http1).
+    (port,) = server_container(runtime["spec"])["ports"]
+    assert port["name"] == port_name
     predictor = isvc["spec"]["predictor"]
     assert predictor["model"]["runtime"] == runtime["metadata"]["name"]
     assert predictor["model"]["modelFormat"]["name"] == "onnx"
-    assert predictor["model"]["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    assert predictor["model"]["protocolVersion"] == protocol
     assert 2 <= predictor["minReplicas"] < predictor["maxReplicas"]
     assert {m["type"] for m in predictor["autoScaling"]["metrics"]} == {"External", "Resource"}
     assert json.loads(env_of(predictor["model"])["ONNXSERVE_STARTUP_MODELS"]) == ["fashion_cnn"]
@@ -350,29 +378,46 @@ def test_manifest_settings_are_real_server_settings(live, monkeypatch):
     assert live["server"].process.poll() is None  # the CPU overlay's settings start a server
 
 
-@pytest.mark.parametrize("source", ["cpu", "gpu", "kserve"])
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("source", ["cpu", "gpu", "cpu+http-probes", *KSERVE])
 def test_ports_and_probes_are_the_servers(live, source):
-    if source == "kserve":
-        container = server_container(only(render("kserve"), "ServingRuntime")["spec"])
-        grpc_port = next(p for p in container["ports"] if p["name"] == "h2c")["containerPort"]
-        metrics_port = int(only(render("kserve"), "ServingRuntime")["spec"]["annotations"]
-                           ["prometheus.kserve.io/port"])
+    if source in KSERVE:
+        runtime = only(render(source), "ServingRuntime")["spec"]
+        container = server_container(runtime)
+        (declared,) = container["ports"]
+        # The one declared port is one of the server's; the other still listens, undeclared.
+        ports = {{"h2c": "grpc", "http1": "http"}[declared["name"]]: declared["containerPort"],
+                 "metrics": int(runtime["annotations"]["prometheus.kserve.io/port"])}
     else:
         pod = only(render(source), "Deployment")["spec"]["template"]
         container = server_container(pod["spec"])
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        grpc_port, metrics_port = ports["grpc"], ports["metrics"]
-        assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == metrics_port
+        assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == ports["metrics"]
         assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
     env = env_of(container)
     # The server listens where the manifest says: its settings name the same ports.
-    assert int(env["ONNXSERVE_GRPC_PORT"]) == grpc_port
-    assert int(env["ONNXSERVE_METRICS_PORT"]) == metrics_port
+    for name, port in ports.items():
+        assert int(env[f"ONNXSERVE_{name.upper()}_PORT"]) == port, name
+    server = live["server"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        check = container[probe]["grpc"]
-        assert check["port"] == grpc_port, probe
-        # The real server answers this exact health service name, and it is SERVING.
-        assert live["health"](check.get("service", "")) == "SERVING", probe
+        (handler,) = set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"}
+        check = container[probe][handler]
+        if handler == "grpc":
+            assert check["port"] == ports["grpc"], probe
+            # The real server answers this exact health service name, and it is SERVING.
+            assert live["health"](check.get("service", "")) == "SERVING", probe
+        else:
+            assert handler == "httpGet", probe
+            assert ports.get(check["port"], check["port"]) == ports["http"], probe
+            # The real server's REST port answers this exact path with 200.
+            assert http_status(f"{server.http_url}{check['path']}") == 200, probe
 
 
 def test_every_metric_named_in_the_manifests_is_exported(live):
@@ -425,11 +470,13 @@ def test_adapter_queries_are_valid_promql(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_kserve_runtime_serves_the_bundled_classifier(tmp_path):
+@pytest.mark.parametrize("source", KSERVE)
+def test_kserve_runtime_serves_the_bundled_classifier(source):
     """The ServingRuntime's command, arguments and environment plus the InferenceService's,
     on the bundled repository standing in for /mnt/models: the model it names loads, health
-    "" turns SERVING, and the KEDA query's series carries that model's label."""
-    docs = render("kserve")
+    "" turns SERVING (and the REST probes' paths answer 200), and the KEDA query's series carries
+    that model's label."""
+    docs = render(source)
     runtime = server_container(only(docs, "ServingRuntime")["spec"])
     predictor = only(docs, "InferenceService")["spec"]["predictor"]
     env = {**env_of(runtime), **env_of(predictor["model"])}
@@ -444,6 +491,11 @@ def test_kserve_runtime_serves_the_bundled_classifier(tmp_path):
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if "httpGet" in runtime[probe]:
+                url = server.http_url + runtime[probe]["httpGet"]["path"]
+                assert http_status(url) == 200, probe
+        assert http_status(f"{server.http_url}/v2/models/{name}/ready") == 200
         with triton.InferenceServerClient(server.grpc_address) as client:
             assert client.is_model_ready(name)
             loaded = {m.name for m in client.get_model_repository_index().models
@@ -458,7 +510,8 @@ def test_kserve_runtime_serves_the_bundled_classifier(tmp_path):
 
 
 def test_manifests_agree_with_the_image_and_the_server_defaults():
-    """The Dockerfile's user and ports, and the server's default ports, are the manifests'."""
+    """The Dockerfile's user and ports (exposed and set), and the server's default ports, are
+    the manifests'."""
     from service.settings import ServerSettings
 
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -468,11 +521,14 @@ def test_manifests_agree_with_the_image_and_the_server_defaults():
     assert json.loads(re.search(r"^ENTRYPOINT (.+)$", dockerfile, re.M).group(1)) == \
         ["python", "-m", "service"]
     defaults = ServerSettings.model_fields
+    default_ports = {name: defaults[f"{name}_port"].default for name in ("http", "grpc", "metrics")}
+    image_ports = {name.lower(): int(port)
+                   for name, port in re.findall(r"ONNXSERVE_(\w+)_PORT=(\d+)", dockerfile)}
+    assert image_ports == default_ports and set(default_ports.values()) == exposed
     for overlay in OVERLAYS:
         pod = only(render(overlay), "Deployment")["spec"]["template"]["spec"]
-        ports = {p["containerPort"] for p in server_container(pod)["ports"]}
-        assert ports <= exposed
-        assert ports == {defaults["grpc_port"].default, defaults["metrics_port"].default}
+        ports = {p["name"]: p["containerPort"] for p in server_container(pod)["ports"]}
+        assert ports == default_ports
         assert user and pod["securityContext"]["runAsUser"] == int(user.group(1))
     runtime = server_container(only(render("kserve"), "ServingRuntime")["spec"])
     assert runtime["securityContext"]["runAsUser"] == int(user.group(1))
@@ -485,7 +541,6 @@ def test_adapter_rules_and_keda_query_answer_per_pod_from_a_real_prometheus(tmp_
     the series (what the adapter lists), its metricsQuery answers one value per pod (what the HPA
     reads), and the InferenceService's KEDA query answers one value (what KEDA requires)."""
     import urllib.parse
-    import urllib.request
 
     binary = shutil.which("prometheus")
     assert binary, "Debian's prometheus is missing: run `make apt-deps`"
