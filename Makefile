@@ -9,7 +9,7 @@ PROTO_OUT := service/_proto
 PROTOS  := $(wildcard protos/*.proto)
 STUBS   := $(patsubst protos/%.proto,$(PROTO_OUT)/%_pb2.py,$(PROTOS))
 
-.PHONY: help serve test proto install install-dev apt-deps clean export eval docs
+.PHONY: help serve test proto install install-dev apt-deps perf-analyzer clean export eval docs
 
 help:  ## list the targets
 	@echo "make <target>   (MODELS=dir picks the repository for serve; ONNXSERVE_* settings apply)"
@@ -18,8 +18,8 @@ help:  ## list the targets
 serve: install proto  ## set up and serve models/ (gRPC :8001, metrics :8002)
 	$(PY) -m service --models $(MODELS)
 
-test: install-dev proto apt-deps  ## set up and run every test
-	$(PY) -m pytest tests
+test: install-dev proto apt-deps perf-analyzer  ## set up and run every test
+	PERF_ANALYZER=$(abspath $(PERF_ANALYZER)) $(PY) -m pytest tests
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -55,6 +55,16 @@ $(APT_STAMP): | $(VENV)/bin/python
 	dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	touch $@
+
+# Triton's perf_analyzer (tests/deploy/test_perf_analyzer.py, make bench), under $(VENV): the
+# shared installer fetches its wheel from PyPI and runs it with Debian 13's loader and C/C++ runtime,
+# fetched with apt-get download from this machine's Debian archive; nothing is installed
+# system-wide. `python3` on its PATH is the venv's, whose pip downloads the wheel.
+PERF_ANALYZER_SH ?= ../shared/tools/perf-analyzer.sh
+PERF_ANALYZER := $(VENV)/perf-analyzer/perf_analyzer
+perf-analyzer: $(PERF_ANALYZER)  ## install Triton's perf_analyzer under the virtual env
+$(PERF_ANALYZER): | $(VENV)/bin/python
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PERF_ANALYZER_SH) $(VENV)/perf-analyzer
 
 # Re-export every trained family from its checkpoint (training/runs/), with the int8 and fp16
 # variants; `make eval` then evaluates every bundled model (models/EVAL.md). Training commands:
