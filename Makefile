@@ -83,11 +83,12 @@ clean:  ## remove the virtual env and generated stubs
 	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py* .pytest_cache
 
 # Benchmarks, not tests (never part of `make test`): served vs in-process ONNX Runtime ratios for
-# the five targets of issue 8; prints one table and `bench <id> measured=... goal=... PASS|FAIL`.
-# BENCH_SECONDS (per step, default 5) and BENCH_RSS_SECONDS (default 300) shorten or lengthen it.
+# the five targets of issue 8, then issue 17's two from a perf_analyzer concurrency sweep; prints
+# the tables and `bench <id> measured=... goal=... PASS|FAIL`. BENCH_SECONDS (per step, default 5),
+# BENCH_RSS_SECONDS (default 300) and BENCH_PA_ROUNDS (default 3) shorten or lengthen it.
 .PHONY: bench
-bench: install-dev proto  ## served vs in-process ratios, one PASS/FAIL line per target
-	$(PY) -m loadtest.bench
+bench: install-dev proto perf-analyzer  ## served vs in-process ratios, one PASS/FAIL line per target
+	PERF_ANALYZER=$(abspath $(PERF_ANALYZER)) $(PY) -m loadtest.bench
 
 # The CUDA path on a lent GPU machine (README.md, "The CUDA path on a lent GPU"): make
 # gpu-check-prepare here, then device calls; the last runs `make gpu-check` (DEVICE=cuda) there.

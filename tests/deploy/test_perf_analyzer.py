@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from onnx_builders import affine_config, affine_graph, write_model
 from servers import metric_total, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,3 +66,22 @@ def test_perf_analyzer_prints_the_server_split(server_factory, protocol):
     # own bookkeeping around the batcher, a small share of the request.
     assert parts["overhead"] < parts["total"] / 4, parts
 
+
+def test_perf_sweep_pairs_delays_in_alternating_rounds(tmp_path):
+    from loadtest import perf_sweep
+
+    write_model(tmp_path, "affine", affine_graph(2.0, 1.0), affine_config())
+    # Stability 1000%: any three windows count as stable, so no measurement comes back empty.
+    summary = perf_sweep.run(tmp_path, ["affine"], ["0", "2000"], [1, 2], rounds=2,
+                             window_ms={"affine": 200}, stability=1000, cores=([], []))
+    order = [(w.round, w.concurrency, w.config) for w in summary.measurements]
+    assert order == [(0, 1, "d0"), (0, 1, "d2000"), (0, 2, "d0"), (0, 2, "d2000"),
+                     (1, 1, "d2000"), (1, 1, "d0"), (1, 2, "d2000"), (1, 2, "d0")]
+    assert all(w.infer_per_s > 0 and w.p99_us >= w.p50_us > 0 and w.mean_batch >= 1
+               for w in summary.measurements)
+    ratio, where = summary.lowest_config_ratio()
+    assert ratio > 0 and where.startswith("affine d2000/d0, ")
+    ratio, where = summary.lowest_step_ratio()
+    assert ratio > 0 and where.startswith("affine d") and where.endswith("1 -> 2 clients")
+    table = summary.table()
+    assert "| clients | d0 infer/s |" in table and table.count("\n| 1 | ") == 1
