@@ -9,7 +9,7 @@ PROTO_OUT := service/_proto
 PROTOS  := $(wildcard protos/*.proto)
 STUBS   := $(patsubst protos/%.proto,$(PROTO_OUT)/%_pb2.py,$(PROTOS))
 
-.PHONY: help serve test proto install install-dev apt-deps clean export eval docs
+.PHONY: help serve test proto install install-dev apt-deps perf-analyzer clean export eval docs
 
 help:  ## list the targets
 	@echo "make <target>   (MODELS=dir picks the repository for serve; ONNXSERVE_* settings apply)"
@@ -18,8 +18,8 @@ help:  ## list the targets
 serve: install proto  ## set up and serve models/ (gRPC :8001, metrics :8002)
 	$(PY) -m service --models $(MODELS)
 
-test: install-dev proto apt-deps  ## set up and run every test
-	$(PY) -m pytest tests
+test: install-dev proto apt-deps perf-analyzer  ## set up and run every test
+	PERF_ANALYZER=$(abspath $(PERF_ANALYZER)) $(PY) -m pytest tests
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -56,6 +56,16 @@ $(APT_STAMP): | $(VENV)/bin/python
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 	touch $@
 
+# Triton's perf_analyzer (tests/deploy/test_perf_analyzer.py, make bench), under $(VENV): the
+# shared installer fetches its wheel from PyPI and runs it with Debian 13's loader and C/C++ runtime,
+# fetched with apt-get download from this machine's Debian archive; nothing is installed
+# system-wide. `python3` on its PATH is the venv's, whose pip downloads the wheel.
+PERF_ANALYZER_SH ?= ../shared/tools/perf-analyzer.sh
+PERF_ANALYZER := $(VENV)/perf-analyzer/perf_analyzer
+perf-analyzer: $(PERF_ANALYZER)  ## install Triton's perf_analyzer under the virtual env
+$(PERF_ANALYZER): | $(VENV)/bin/python
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PERF_ANALYZER_SH) $(VENV)/perf-analyzer
+
 # Re-export every trained family from its checkpoint (training/runs/), with the int8 and fp16
 # variants; `make eval` then evaluates every bundled model (models/EVAL.md). Training commands:
 # training/README.md.
@@ -73,11 +83,12 @@ clean:  ## remove the virtual env and generated stubs
 	rm -rf $(VENV) $(PROTO_OUT)/*_pb2*.py* .pytest_cache
 
 # Benchmarks, not tests (never part of `make test`): served vs in-process ONNX Runtime ratios for
-# the five targets of issue 8; prints one table and `bench <id> measured=... goal=... PASS|FAIL`.
-# BENCH_SECONDS (per step, default 5) and BENCH_RSS_SECONDS (default 300) shorten or lengthen it.
+# the five targets of issue 8, then issue 17's two from a perf_analyzer concurrency sweep; prints
+# the tables and `bench <id> measured=... goal=... PASS|FAIL`. BENCH_SECONDS (per step, default 5),
+# BENCH_RSS_SECONDS (default 300) and BENCH_PA_ROUNDS (default 3) shorten or lengthen it.
 .PHONY: bench
-bench: install-dev proto  ## served vs in-process ratios, one PASS/FAIL line per target
-	$(PY) -m loadtest.bench
+bench: install-dev proto perf-analyzer  ## served vs in-process ratios, one PASS/FAIL line per target
+	PERF_ANALYZER=$(abspath $(PERF_ANALYZER)) $(PY) -m loadtest.bench
 
 # The CUDA path on a lent GPU machine (README.md, "The CUDA path on a lent GPU"): make
 # gpu-check-prepare here, then device calls; the last runs `make gpu-check` (DEVICE=cuda) there.

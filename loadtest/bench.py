@@ -12,24 +12,30 @@ and exits 0 whatever the outcome (a benchmark, not a test).
 Both sides are measured the same way: the ceiling as the best of 3 windows per batch size, each
 served step as the best of 3 back-to-back windows.
 
-Environment: BENCH_SECONDS (measurement time per step, default 5), BENCH_RSS_SECONDS (the
-long run for rss_growth, default 300), BENCH_MODELS (repository, default models/).
+Last, perf_analyzer's concurrency sweep (loadtest/perf_sweep.py: 1 to 64 clients, the classifier
+and super-resolution, max_queue_delay 0 against the bundled delay, in alternating rounds) for
+batching_never_dips and delay_costs_nothing; its table, measurements and plot go to BENCH_OUT.
+
+Environment: BENCH_SECONDS (measurement time per step, default 5; perf_analyzer's window is
+BENCH_SECONDS x 200 ms, 3 times that for super-resolution), BENCH_RSS_SECONDS (the long run for
+rss_growth, default 300), BENCH_PA_ROUNDS (perf_analyzer sweep rounds, default 3), BENCH_MODELS
+(repository, default models/), BENCH_OUT (default loadtest/results/<date>-<cores>core).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from loadtest import harness, rest
+from loadtest import harness, perf_sweep, rest
 from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config
 
 ROOT = harness.ROOT
@@ -73,19 +79,11 @@ def find_model(repo: Path, wanted: str, fallback: str | None, notes: list[str]) 
 
 
 def unbatched_repo(target: Path, models: list[Path]) -> Path:
-    """A repository serving `models` with dynamic batching off: each config is a copy with
-    dynamic_batching.enabled false, the version folders are symlinks (the server refuses a model
-    folder that is itself a link out of its repository, not links inside it)."""
-    target.mkdir(parents=True, exist_ok=True)
+    """A repository serving `models` with dynamic batching off."""
     for model in models:
-        copy = target / model.name
-        copy.mkdir()
-        for child in model.iterdir():
-            if child.name != "config.yaml":
-                (copy / child.name).symlink_to(child.resolve())
-        config = yaml.safe_load((model / "config.yaml").read_text())
-        config.setdefault("dynamic_batching", {})["enabled"] = False
-        (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        harness.copy_model(model, target, model.name,
+                           lambda config: config.setdefault("dynamic_batching", {}).update(
+                               enabled=False))
     return target
 
 
@@ -165,6 +163,9 @@ def knee(address: str, model: Path, server: harness.Server, seconds: float,
 def main() -> int:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
     rss_seconds = float(os.environ.get("BENCH_RSS_SECONDS", "300"))
+    rounds = int(os.environ.get("BENCH_PA_ROUNDS", "3"))
+    out = Path(os.environ.get("BENCH_OUT", ROOT / "loadtest/results" /
+                              f"{time.strftime('%Y-%m-%d')}-{os.cpu_count()}core"))
     repo = Path(os.environ.get("BENCH_MODELS", ROOT / "models"))
     notes: list[str] = []
     pin, client_cores = harness.cores()
@@ -286,6 +287,24 @@ def main() -> int:
                           f"RSS {rss_warm:.1f} MiB after warm-up, {rss_end:.1f} MiB after "
                           f"{rss_seconds:.0f} s at {knee_clients} clients (the knee)"))
 
+    # 9. perf_analyzer's concurrency sweep: more clients never fewer items per second, and the
+    # bundled delay never slower than none.
+    window_ms = max(200, int(seconds * 200))
+    windows = {cnn.name: window_ms, **({sr.name: 3 * window_ms} if sr else {})}
+    try:
+        sweep = perf_sweep.run(repo, list(windows), ["0", "default"], perf_sweep.LEVELS, rounds,
+                               windows, stability=50, cores=(pin, client_cores))
+        sweep.save(out)
+        notes.append(f"perf_analyzer sweep ({rounds} rounds, windows {windows} ms): "
+                     f"{out / 'perf_analyzer.md'}, plot {out / 'perf_analyzer.png'}")
+        (dips, dips_at), (costs, costs_at) = sweep.lowest_step_ratio(), sweep.lowest_config_ratio()
+    except FileNotFoundError as exc:
+        sweep = None
+        notes.append(str(exc))
+        (dips, dips_at), (costs, costs_at) = [(float("nan"), "not measured")] * 2
+    targets.append(Target("batching_never_dips", dips, ">=", 0.95, f"lowest at {dips_at}"))
+    targets.append(Target("delay_costs_nothing", costs, ">=", 0.95, f"lowest at {costs_at}"))
+
     print()
     print("in-process ceiling (ONNX Runtime, 1 intra-op thread, same core):")
     for name, results in ((cnn.name, cnn_ceiling), (sr.name if sr else "", sr_ceiling)):
@@ -294,6 +313,10 @@ def main() -> int:
                   f"({c['items_per_cpu_s']:.1f} per CPU-second), p50 {c['p50_ms']:.3f} ms per run")
     print()
     table.print()
+    if sweep:
+        print()
+        print("perf_analyzer concurrency sweep (median of rounds; step and /d0 ratios per round):")
+        print(sweep.table())
     print()
     print("cli = clients, bat = items per request, batch = mean executed batch (server histogram),")
     print("cliCPU/srvCPU = cores used by the load generator / the server during the window,")

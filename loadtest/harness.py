@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import yaml
 
 from loadtest.payloads import MODEL_INFER
 from service import launcher
@@ -25,6 +26,22 @@ def cores() -> tuple[list[str], list[str]]:
     if len(available) < 2:
         return [], available
     return ["taskset", "-c", str(available[0])], available[1:]
+
+
+def copy_model(model: Path, target: Path, name: str, edit) -> Path:
+    """`model` under `target/name` with its config.yaml changed by `edit(config)`; the version
+    folders are symlinks (the server refuses a model folder that is itself a link out of its
+    repository, not links inside it)."""
+    copy = target / name
+    copy.mkdir(parents=True)
+    for child in model.iterdir():
+        if child.name != "config.yaml":
+            (copy / child.name).symlink_to(child.resolve())
+    config = yaml.safe_load((model / "config.yaml").read_text())
+    config["name"] = name
+    edit(config)
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return copy
 
 
 def start_server(repo: Path, *args: str, pin: list[str] | None = None,

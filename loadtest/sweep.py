@@ -9,6 +9,12 @@ intra-op thread), and runs Locust pinned to the other cores (`taskset -c 1-...`)
 and the load generator do not share a core; on a one-core host nothing is pinned. With --address
 it loads an existing server instead (give --metrics-url too for the server-side columns).
 
+Each step is --pairs pairs of windows on the server's core: an in-process ceiling window (the same
+ONNX file run by ONNX Runtime in a loop, in a process that stays loaded) right before a served one.
+The served/ceiling ratio is taken per pair and its median quoted, because on a shared host the
+speed of the core drifts by more than the serving layer costs; a ratio above NOISE_RATIO cannot be
+the server beating ONNX Runtime on its own core, and the report flags it as noise.
+
 Per step it keeps Locust's CSVs and JSON under <out>/locust/, scrapes the service's /metrics
 before and after (mean executed batch size, queue wait, compute time), and records the load
 generator's CPU use. The report has one table per model, the classic time-per-instance table at
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -29,12 +36,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loadtest import harness
-from loadtest.ceiling import measure as measure_ceiling
 from loadtest.payloads import signature_from_config
 
 ROOT = harness.ROOT
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 GUO_BATCHES = [1, 10, 100]
+# A served/ceiling ratio above this is the host changing between the two windows of a pair.
+NOISE_RATIO = 1.05
 
 
 @dataclass
@@ -54,25 +62,38 @@ class Step:
     queue_ms: float
     compute_ms: float
     client_cpu: float
-    ceiling_items_per_s: float | None
+    pair_ratios: list[float]      # served/ceiling items per second, per pair of windows
+    ceiling_windows: list[dict]   # loadtest.ceiling's window measurements, one per pair
     server_items_per_cpu_s: float | None = None
-    ceiling_items_per_cpu_s: float | None = None
 
     @property
     def ms_per_item(self) -> float:
         return 1000.0 / self.items_per_s * self.clients if self.items_per_s else float("nan")
 
+    def ceiling(self, key: str) -> float:
+        """The median of this step's ceiling windows."""
+        return statistics.median(w[key] for w in self.ceiling_windows)
+
     @property
     def ratio(self) -> float:
-        return (self.items_per_s / self.ceiling_items_per_s
-                if self.ceiling_items_per_s else float("nan"))
+        return statistics.median(self.pair_ratios) if self.pair_ratios else float("nan")
+
+    @property
+    def noise(self) -> bool:
+        return self.ratio > NOISE_RATIO
+
+    @property
+    def ceiling_shares(self) -> list[float]:
+        """How much of its core each ceiling window got: wall-clock items/s over items per
+        CPU-second (1.0: nothing else ran there)."""
+        return [w["items_per_s"] / w["items_per_cpu_s"] for w in self.ceiling_windows]
 
     @property
     def cpu_ratio(self) -> float:
         """Items per server CPU-second over the ceiling's items per CPU-second: the share of the
         core's work that is model compute, undisturbed by other processes on a shared host."""
-        if self.server_items_per_cpu_s and self.ceiling_items_per_cpu_s:
-            return self.server_items_per_cpu_s / self.ceiling_items_per_cpu_s
+        if self.server_items_per_cpu_s and self.ceiling_windows:
+            return self.server_items_per_cpu_s / self.ceiling("items_per_cpu_s")
         return float("nan")
 
 
@@ -97,9 +118,8 @@ def fetch(url: str | None) -> str:
 
 
 def run_locust(address: str, model: str, clients: int, batch: int, seconds: float,
-               out: Path, pin: list[str], processes: int, payload: str) -> tuple[dict, float]:
+               prefix: Path, pin: list[str], processes: int, payload: str) -> tuple[dict, float]:
     """One headless Locust run; returns (its stats entry, load-generator cores used)."""
-    prefix = out / f"{model}_c{clients}_b{batch}"
     command = [*pin, sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest/locustfile.py"),
                "--headless", "-u", str(clients), "-r", str(clients), "-t", f"{seconds:g}s",
                "--host", f"grpc://{address}", "--model", model, "--batch-size", str(batch),
@@ -117,43 +137,104 @@ def run_locust(address: str, model: str, clients: int, batch: int, seconds: floa
         raise RuntimeError(f"locust failed: {result.stderr[-2000:]}")
     cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
     entries = json.loads(Path(f"{prefix}.json").read_text())
-    entry = next(e for e in entries if e["name"].startswith(f"ModelInfer {model} b{batch} "))
-    return entry, cpu
+    name = f"ModelInfer {model} b{batch} "
+    empty = {"num_requests": 0, "num_failures": 0, "total_response_time": 0,
+             "response_times": {}, "start_time": 0.0, "last_request_timestamp": 0.0}
+    return next((e for e in entries if e["name"].startswith(name)), empty), cpu
+
+
+class Ceiling:
+    """The in-process ceiling of one model in its own process on the server's core
+    (`loadtest.ceiling --stdin`): loaded once, it measures a window whenever asked, so every
+    served window gets one right before it."""
+
+    def __init__(self, pin: list[str], model_dir: Path, payload: str):
+        self._process = subprocess.Popen(
+            [*pin, sys.executable, "-m", "loadtest.ceiling", str(model_dir), "--stdin",
+             "--payload", payload, "--intra-op-threads", "1"],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def window(self, batch: int, seconds: float) -> dict:
+        self._process.stdin.write(f"{batch} {seconds}\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the ceiling process exited ({self._process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self._process.stdin.close()
+        self._process.wait(30)
+
+
+def rate(entry: dict) -> float | None:
+    """Requests per second over a Locust run's stats entry; None when it holds too little to say
+    (on a busy host Locust can spend most of a short run starting its users)."""
+    span = entry["last_request_timestamp"] - entry["start_time"]
+    return entry["num_requests"] / span if entry["num_requests"] >= 3 and span >= 1.0 else None
 
 
 def step(address: str, metrics_url: str | None, model: str, clients: int, batch: int,
          seconds: float, out: Path, pin: list[str], processes: int, payload: str,
-         ceiling: dict | None, server: harness.Server | None) -> Step:
+         ceiling: Ceiling, pairs: int, server: harness.Server | None) -> Step:
+    """`pairs` x (a ceiling window, then a served window of `seconds`)."""
     before = fetch(metrics_url)
     cpu0 = server.cpu_seconds() if server else None
-    entry, cpu = run_locust(address, model, clients, batch, seconds, out, pin, processes, payload)
+    ceilings, entries, cpus = [], [], []
+    for i in range(pairs):
+        ceilings.append(ceiling.window(batch, min(seconds, 2.0)))
+        entry, cpu = run_locust(address, model, clients, batch, seconds,
+                                out / f"{model}_c{clients}_b{batch}_w{i}", pin, processes,
+                                payload)
+        entries.append(entry)
+        cpus.append(cpu)
     server_cpu = server.cpu_seconds() - cpu0 if server else None
     after = fetch(metrics_url)
-    probe = harness.LoadResult(clients, batch, seconds, 0, 0, [], cpu, None, before, after)
-    span = max(entry["last_request_timestamp"] - entry["start_time"], 1e-9)
-    rate = entry["num_requests"] / span
-    hist = entry["response_times"]
+    probe = harness.LoadResult(clients, batch, seconds, 0, 0, [], 0.0, None, before, after)
+    requests = sum(e["num_requests"] for e in entries)
+    pairs_seen = [(rate(e), c) for e, c in zip(entries, ceilings) if rate(e)]
+    req_per_s = statistics.median(r for r, _ in pairs_seen) if pairs_seen else float("nan")
+    hist: dict[str, int] = {}
+    for e in entries:
+        for value, n in e["response_times"].items():
+            hist[value] = hist.get(value, 0) + n
     return Step(
-        model, clients, batch, entry["num_requests"], entry["num_failures"], rate, rate * batch,
-        percentile(hist, 50), percentile(hist, 95), percentile(hist, 99),
-        entry["total_response_time"] / max(entry["num_requests"], 1),
+        model, clients, batch, requests, sum(e["num_failures"] for e in entries), req_per_s,
+        req_per_s * batch, percentile(hist, 50), percentile(hist, 95), percentile(hist, 99),
+        sum(e["total_response_time"] for e in entries) / max(requests, 1),
         probe.mean_batch(model) if after else float("nan"),
         probe.mean_ms("inference_queue_duration_seconds", model) if after else float("nan"),
         probe.mean_ms("inference_compute_duration_seconds", model) if after else float("nan"),
-        cpu, (ceiling or {}).get(batch, {}).get("items_per_s"),
-        entry["num_requests"] * batch / server_cpu if server_cpu else None,
-        (ceiling or {}).get(batch, {}).get("items_per_cpu_s"),
+        statistics.mean(cpus),
+        [r * batch / c["items_per_s"] for r, c in pairs_seen], ceilings,
+        requests * batch / server_cpu if server_cpu else None,
     )
+
+
+def ceilings_by_batch(steps: list[Step]) -> dict[str, dict[int, dict]]:
+    """{model: {batch: medians of every ceiling window measured at that batch size}}."""
+    found: dict[str, dict[int, list[dict]]] = {}
+    for s in steps:
+        found.setdefault(s.model, {}).setdefault(s.batch, []).extend(s.ceiling_windows)
+    return {model: {batch: {key: statistics.median(w[key] for w in windows)
+                            for key in ("items_per_s", "items_per_cpu_s", "p50_ms", "mean_ms")}
+                    for batch, windows in sorted(batches.items())}
+            for model, batches in found.items()}
 
 
 def fmt(value: float, digits: int = 1) -> str:
     return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def ratio_cell(s: Step) -> str:
+    return f"{fmt(s.ratio, 2)} noise" if s.noise else fmt(s.ratio, 2)
+
+
 def report(out: Path, steps: list[Step], ceilings: dict[str, dict], notes: list[str],
-           seconds: float) -> str:
+           seconds: float, pairs: int) -> str:
     lines = ["# onnx-serve load sweep", "",
-             f"Locust (gRPC `ModelInfer`, raw contents, closed loop), {seconds:g} s per step, "
+             f"Locust (gRPC `ModelInfer`, raw contents, closed loop), {pairs} served windows of "
+             f"{seconds:g} s per step, each right after an in-process ceiling window, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, host `{os.uname().nodename}`, "
              f"{os.cpu_count()} CPU(s).", ""]
     lines += [f"- {note}" for note in notes] + [""]
@@ -168,33 +249,51 @@ def report(out: Path, steps: list[Step], ceilings: dict[str, dict], notes: list[
                   "|---:|---:|---:|---:|"]
         for batch in GUO_BATCHES:
             served = next((s for s in rows if s.clients == 1 and s.batch == batch), None)
-            inproc = ceiling.get(batch)
             lines.append(
                 f"| {batch} | {fmt(served.ms_per_item if served else None, 3)} | "
-                f"{fmt(inproc['mean_ms'] / batch if inproc else None, 3)} | "
-                f"{fmt(served.ratio if served else None, 2)} |")
+                f"{fmt(served.ceiling('mean_ms') / batch if served else None, 3)} | "
+                f"{ratio_cell(served) if served else '–'} |")
         lines += ["", "### Sweep", "",
                   "| clients | batch | req/s | items/s | ms/item | p50 ms | p95 ms | p99 ms | "
-                  "exec batch | queue ms | compute ms | served/ceiling | per CPU-s | failures | "
-                  "client CPU |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "exec batch | queue ms | compute ms | served/ceiling | pairs | ceiling's core | "
+                  "per CPU-s | failures | client CPU |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                  "---:|---:|"]
         for s in sorted(rows, key=lambda s: (s.clients, s.batch)):
             lines.append(
                 f"| {s.clients} | {s.batch} | {fmt(s.req_per_s)} | {fmt(s.items_per_s)} | "
                 f"{fmt(s.ms_per_item, 3)} | {fmt(s.p50_ms, 0)} | {fmt(s.p95_ms, 0)} | "
                 f"{fmt(s.p99_ms, 0)} | {fmt(s.exec_batch)} | {fmt(s.queue_ms, 2)} | "
-                f"{fmt(s.compute_ms, 2)} | {fmt(s.ratio, 2)} | {fmt(s.cpu_ratio, 2)} | "
+                f"{fmt(s.compute_ms, 2)} | {ratio_cell(s)} | "
+                f"{', '.join(fmt(r, 2) for r in s.pair_ratios)} | "
+                f"{', '.join(f'{share:.0%}' for share in s.ceiling_shares)} | "
+                f"{fmt(s.cpu_ratio, 2)} | "
                 f"{s.failures} | "
                 f"{fmt(s.client_cpu, 2)} |")
-        lines += ["", "In-process ceiling (ONNX Runtime, same model, threads and core):", "",
+        noisy = [s for s in rows if s.noise]
+        shares = [share for s in rows for share in s.ceiling_shares]
+        if noisy:
+            lines += ["", f"**{len(noisy)} of {len(rows)} served/ceiling ratios are above "
+                      f"{NOISE_RATIO}: noise.** A server cannot run the model faster than ONNX "
+                      "Runtime in a loop on the same core; such a ratio means the core's speed "
+                      "changed between the windows of a pair (other processes on the host: the "
+                      f"ceiling's windows had their core {statistics.median(shares):.0%} of the "
+                      f"time, median, {min(shares):.0%} at the least). Read those steps' per "
+                      "CPU-s ratio instead."]
+        lines += ["", "In-process ceiling (ONNX Runtime, same model, threads and core; the "
+                  "median of the windows interleaved with the steps at each batch size):", "",
                   "| batch | items/s | items per CPU-s | p50 ms per run |", "|---:|---:|---:|---:|"]
         for batch, c in sorted(ceiling.items()):
             lines.append(f"| {batch} | {fmt(c['items_per_s'])} | {fmt(c['items_per_cpu_s'])} | "
                          f"{fmt(c['p50_ms'], 3)} |")
         lines.append("")
     lines += ["Columns: ms/item = clients / items per second (the time one caller pays per item); "
-              "served/ceiling = items/s over the in-process items/s at the same request batch "
-              "size (wall clock: on a busy shared host the ceiling itself moves); per CPU-s = "
+              "served/ceiling = served items/s over the in-process items/s at the same request "
+              "batch size, per pair of neighbouring windows (ceiling, then served), the median "
+              f"quoted and marked noise above {NOISE_RATIO}; pairs = each pair's ratio; "
+              "ceiling's core = the share of its core each ceiling window got (its items/s over "
+              "its items per CPU-s: below 100%, other processes ran there too); "
+              "items/s and req/s are the medians of the served windows; per CPU-s = "
               "items per server CPU-second over the ceiling's items per CPU-second (what share of "
               "the server's CPU is model compute; robust to other load on the host); "
               "latency percentiles are Locust's (rounded to 1 ms below 100 ms); exec batch, "
@@ -262,7 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per step")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per served window")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="(ceiling window, served window) pairs per step")
     parser.add_argument("--payload", choices=["real", "generated"], default="real")
     parser.add_argument("--processes", type=int, default=1,
                         help="Locust processes (--processes); raise it when one Locust process "
@@ -299,32 +400,29 @@ def main(argv: list[str] | None = None) -> None:
                      f"`{' '.join(client_pin) or 'nothing'}`, {args.processes} process(es)")
 
     steps: list[Step] = []
-    ceilings: dict[str, dict] = {}
     load_before = os.getloadavg()
     try:
         for model in present:
             signature = signature_from_config(args.repository / model)
             limit = signature.max_batch_size or 1
             sizes = sorted({b for b in batches + GUO_BATCHES if b <= limit})
-            # The ceiling runs while the server idles, pinned to the server's core.
-            ceilings[model] = json.loads(subprocess.run(
-                [*server_pin, sys.executable, "-m", "loadtest.ceiling",
-                 str(args.repository / model), "--batch-sizes", ",".join(map(str, sizes)),
-                 "--seconds", "1.5", "--trials", "3", "--payload", args.payload, "--json"],
-                cwd=ROOT, capture_output=True, text=True, check=True).stdout)
-            ceilings[model] = {int(k): v for k, v in ceilings[model].items()}
             plan = [(c, b) for c in levels for b in sizes if b in batches]
             plan += [(1, b) for b in GUO_BATCHES if b <= limit and (1, b) not in plan]
-            for clients, batch in plan:
-                s = step(address, metrics_url, model, clients, batch, args.seconds,
-                         out / "locust", client_pin, args.processes, args.payload,
-                         ceilings[model], server)
-                steps.append(s)
-                print(f"{model} c={clients:<3} b={batch:<4} {s.items_per_s:>10.1f} items/s "
-                      f"p50 {fmt(s.p50_ms, 0)} ms p99 {fmt(s.p99_ms, 0)} ms exec batch "
-                      f"{fmt(s.exec_batch)} ratio {fmt(s.ratio, 2)} per CPU-s "
-                      f"{fmt(s.cpu_ratio, 2)} client CPU "
-                      f"{fmt(s.client_cpu, 2)}", flush=True)
+            # The ceiling runs while the server idles, pinned to the server's core.
+            ceiling = Ceiling(server_pin, args.repository / model, args.payload)
+            try:
+                for clients, batch in plan:
+                    s = step(address, metrics_url, model, clients, batch, args.seconds,
+                             out / "locust", client_pin, args.processes, args.payload,
+                             ceiling, args.pairs, server)
+                    steps.append(s)
+                    print(f"{model} c={clients:<3} b={batch:<4} {s.items_per_s:>10.1f} items/s "
+                          f"p50 {fmt(s.p50_ms, 0)} ms p99 {fmt(s.p99_ms, 0)} ms exec batch "
+                          f"{fmt(s.exec_batch)} ratio {ratio_cell(s)} (pairs "
+                          f"{', '.join(fmt(r, 2) for r in s.pair_ratios)}) per CPU-s "
+                          f"{fmt(s.cpu_ratio, 2)} client CPU {fmt(s.client_cpu, 2)}", flush=True)
+            finally:
+                ceiling.close()
     finally:
         if server is not None:
             server.terminate()
@@ -335,9 +433,9 @@ def main(argv: list[str] | None = None) -> None:
         "CPU(s): above the CPU count, other processes shared the pinned cores and wall-clock "
         "figures (the ceiling's too) move between steps; the per CPU-s ratio moves much less")
     (out / "steps.json").write_text(json.dumps([asdict(s) for s in steps], indent=1))
-    (out / "ceiling.json").write_text(json.dumps(ceilings, indent=1))
+    ceilings = ceilings_by_batch(steps)
     plot(out, steps, ceilings)
-    print(report(out, steps, ceilings, notes, args.seconds))
+    print(report(out, steps, ceilings, notes, args.seconds, args.pairs))
 
 
 if __name__ == "__main__":

@@ -245,3 +245,15 @@ def test_ceiling_runs_the_same_model_in_process(repo):
     results = measure(repo / "affine", [1, 8], seconds=0.05)
     assert set(results) == {1, 8}
     assert all(r["runs"] >= 5 and r["items_per_s"] > 0 for r in results.values())
+
+
+def test_sweep_ceiling_process_measures_a_window_per_request(repo):
+    from loadtest.sweep import Ceiling
+
+    ceiling = Ceiling([], repo / "affine", "generated")
+    try:
+        windows = [ceiling.window(batch, 0.05) for batch in (1, 8, 1)]
+    finally:
+        ceiling.close()
+    assert all(w["runs"] >= 5 and w["items_per_s"] > 0 and w["items_per_cpu_s"] > 0
+               for w in windows)

@@ -11,7 +11,7 @@ import pytest
 from onnx_builders import (
     affine_config, affine_graph, fault_config, fault_graph, slow_config, slow_graph, write_model,
 )
-from service.core.batcher import BatchScheduler
+from service.core.batcher import BatchPolicy, BatchScheduler
 from service.core.config import load_model_config
 from service.core.runtime import OnnxModel, ProviderChoice, RuntimeOptions
 from service.core.stats import VersionStats
@@ -220,3 +220,104 @@ def test_a_crash_forming_a_batch_fails_its_requests_and_the_queue_then_serves_on
     assert all(str(o) == "inference failed for model 'm'; the server log has details"
                for o in crashed)
     assert np.array_equal(after["y"], np.full((1, 512), 2.0, np.float32))
+
+
+def test_callers_all_queued_do_not_wait_out_the_delay(tmp_path):
+    # Three closed-loop callers and a 10 s delay: whenever the instance frees, every caller is
+    # already queued, so nothing more can come and waiting would only idle the instance. (Before
+    # the rule, every batch of two or three waited the full 10 s.)
+    config = affine_config(dynamic_batching={"max_queue_delay_us": 10_000_000,
+                                             "preferred_batch_sizes": [8]})
+    parsed, runtime = make_runtime(tmp_path, "affine", affine_graph(2.0, 0.0), config)
+    rng = np.random.default_rng(4)
+
+    async def caller(scheduler, rounds):
+        for _ in range(rounds):
+            x = rng.standard_normal((1, 4)).astype(np.float32)
+            result = await scheduler.infer({"x": x}, 1, None)
+            np.testing.assert_array_equal(result["y"], x * 2.0)
+
+    async def scenario():
+        scheduler, _, stats = make_scheduler(parsed, runtime)
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(caller(scheduler, 30) for _ in range(3)))
+        await scheduler.close()
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats.inference_count == 90
+    assert stats.execution_count < 90  # callers that queued together still ran together
+
+
+def slow_requests(n: int, work: int = 0) -> list[dict]:
+    return [{"x": np.full((1, 512), i, np.float32), "work": np.full((1, 1), work, np.int64)}
+            for i in range(n)]
+
+
+class FixedCost:
+    """A batch cost that stays what the test says, whatever the real runs take (the busy request
+    below would otherwise teach the policy a cost of its own)."""
+
+    def __init__(self, fixed_s: float):
+        self.fixed_s = fixed_s
+
+    def add(self, items: int, seconds: float) -> None:
+        pass
+
+
+def policy_with_fixed_cost(fixed_s: float) -> BatchPolicy:
+    """A policy whose batches cost `fixed_s` each, on a clock that never moves: the arrival rate
+    is then the items seen over its horizon (30/s for 3 items), so it waits when fixed_s > 0."""
+    policy = BatchPolicy(clock=lambda: 0.0)
+    policy.cost = FixedCost(fixed_s)
+    return policy
+
+
+@pytest.mark.parametrize("fixed_s, batches", [(1.0, [1, 4]), (0.0, [1, 2, 2])])
+def test_queued_requests_wait_for_company_only_when_it_pays(tmp_path, fixed_s, batches):
+    config = slow_config(dynamic_batching={"max_queue_delay_us": 10_000_000,
+                                           "preferred_batch_sizes": [4], "max_queue_size": 8})
+    parsed, runtime = make_runtime(tmp_path, "slow", slow_graph(), config)
+
+    async def scenario():
+        scheduler = BatchScheduler("m", "1", parsed, runtime, Metrics(), stats := VersionStats(),
+                                   policy_with_fixed_cost(fixed_s))
+        busy = asyncio.ensure_future(scheduler.infer(slow_requests(1, work=20000)[0], 1, None))
+        await asyncio.sleep(0)  # the instance takes it
+        first = [asyncio.ensure_future(scheduler.infer(r, 1, None)) for r in slow_requests(2)]
+        await busy
+        while scheduler.queued:  # the worker takes the two queued ones in hand
+            await asyncio.sleep(0)
+        second = [asyncio.ensure_future(scheduler.infer(r, 1, None)) for r in slow_requests(2)]
+        async with asyncio.timeout(20):
+            results = await asyncio.gather(*first, *second)
+        await scheduler.close()
+        return results, stats
+
+    results, stats = asyncio.run(scenario())
+    assert [r["y"][0, 0] for r in results] == [0.0, 1.0, 0.0, 1.0]
+    # Waiting pays: the two in hand wait for the next two and all four run as one batch (the
+    # target). It does not: the two run at once, and so do the next two.
+    assert sorted(size for size, d in stats.by_batch_size.items()
+                  for _ in range(d.compute_infer.count)) == batches
+
+
+def test_waiting_that_pays_still_ends_at_the_delay(tmp_path):
+    config = slow_config(dynamic_batching={"max_queue_delay_us": 50_000, "max_queue_size": 8})
+    parsed, runtime = make_runtime(tmp_path, "slow", slow_graph(), config)
+
+    async def scenario():
+        scheduler = BatchScheduler("m", "1", parsed, runtime, Metrics(), stats := VersionStats(),
+                                   policy_with_fixed_cost(1.0))
+        busy = asyncio.ensure_future(scheduler.infer(slow_requests(1, work=20000)[0], 1, None))
+        await asyncio.sleep(0)
+        pending = [asyncio.ensure_future(scheduler.infer(r, 1, None)) for r in slow_requests(2)]
+        # Nobody else comes: the two wait 50 ms for company, then run (a timeout here would
+        # mean they waited for ever).
+        async with asyncio.timeout(20):
+            await asyncio.gather(busy, *pending)
+        await scheduler.close()
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats.execution_count == 2 and stats.by_batch_size[2].compute_infer.count == 1
