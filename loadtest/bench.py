@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtest import harness
+from loadtest import harness, shm_bench
 from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config
 
 ROOT = harness.ROOT
@@ -208,8 +208,14 @@ def main() -> int:
                 ratio = table.add("2 sr_x3_256 (4 clients)", sr.name, r,
                                   sr_ceiling[1])
                 targets.append(Target("sr_x3_256_ratio", ratio, ">=", 0.90))
+                shm = shm_bench.measure(addr, sr, server,
+                                        lambda s: ceiling(pin, sr, [1], s)[1], ceiling_s)
+                table.add("2 sr_x3_256 shared memory", sr.name, shm.served, shm.ceiling)
+                targets.append(Target("sr_x3_256_shm_ratio", shm.ratio, ">=", 0.97, shm.note))
             else:
                 targets.append(Target("sr_x3_256_ratio", float("nan"), ">=", 0.90,
+                                      "models/espcn_x3 missing"))
+                targets.append(Target("sr_x3_256_shm_ratio", float("nan"), ">=", 0.97,
                                       "models/espcn_x3 missing"))
 
             # 3. one client, one item: the serving layer's own latency. A bare gRPC call (the

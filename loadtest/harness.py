@@ -76,28 +76,30 @@ class LoadResult:
         return (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
 
 
-async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: int,
-                       seconds: float, warmup: float, timeout: float, server: Server | None,
-                       method: str):
+async def _closed_loop(address: str, payload: bytes | list[bytes], clients: int,
+                       batch_size: int, seconds: float, warmup: float, timeout: float,
+                       server: Server | None, method: str):
     options = [("grpc.max_receive_message_length", 256 << 20),
                ("grpc.max_send_message_length", 256 << 20)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         # Bytes in, bytes out: the request is serialised once, the response is not parsed.
         call = channel.unary_unary(method)
-        await call(payload, timeout=max(timeout, 30))  # connect and check once, outside timing
+        payloads = payload if isinstance(payload, list) else [payload]
+        await call(payloads[0], timeout=max(timeout, 30))  # connect and check, outside timing
         loop = asyncio.get_running_loop()
         begin = time.perf_counter() + warmup
         end = begin + seconds
         latencies: list[float] = []
         counts = {"calls": 0, "errors": 0}
 
-        async def client():
+        async def client(index: int):
+            body = payloads[index % len(payloads)]
             while True:
                 t0 = time.perf_counter()
                 if t0 >= end:
                     return
                 try:
-                    await call(payload, timeout=timeout)
+                    await call(body, timeout=timeout)
                     ok = True
                 except grpc.aio.AioRpcError:
                     ok = False
@@ -123,7 +125,7 @@ async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: i
                 readings["s1"] = server.cpu_seconds()
                 readings["m1"] = await loop.run_in_executor(None, server.metrics_text)
 
-        await asyncio.gather(window(), *(client() for _ in range(clients)))
+        await asyncio.gather(window(), *(client(i) for i in range(clients)))
     wall = readings["w1"] - readings["w0"]
     result = LoadResult(clients, batch_size, seconds, counts["calls"], counts["errors"],
                         latencies, (readings["c1"] - readings["c0"]) / wall)
@@ -133,10 +135,11 @@ async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: i
     return result
 
 
-def closed_loop(address: str, payload: bytes, clients: int, batch_size: int, seconds: float,
-                warmup: float = 1.0, timeout: float = 10.0, server: Server | None = None,
-                method: str = MODEL_INFER) -> LoadResult:
+def closed_loop(address: str, payload: bytes | list[bytes], clients: int, batch_size: int,
+                seconds: float, warmup: float = 1.0, timeout: float = 10.0,
+                server: Server | None = None, method: str = MODEL_INFER) -> LoadResult:
     """`clients` concurrent callers, each sending the next request as soon as the last returns,
-    for `seconds` after `warmup`; measures this process's own CPU use over the same window."""
+    for `seconds` after `warmup`; measures this process's own CPU use over the same window.
+    `payload` is every client's request, or one per client (client i sends payload[i])."""
     return asyncio.run(_closed_loop(address, payload, clients, batch_size, seconds, warmup,
                                     timeout, server, method))
