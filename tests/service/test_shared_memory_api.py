@@ -18,7 +18,7 @@ import tritonclient.grpc.aio as triton_aio
 import tritonclient.http as triton_http
 import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import triton_to_np_dtype
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from onnx_builders import (
     brightness_classifier_graph, image_spec, simple_config, simple_graph, slow_config,
@@ -177,6 +177,10 @@ def test_aio_client(server):
             await asyncio.gather(*(client.infer("simple", inputs, outputs=outputs)
                                    for _ in range(8)))
             status = await client.get_system_shared_memory_status()
+            unknown = shm_simple_request(triton_grpc, "nope", None)[0]
+            with pytest.raises(InferenceServerException) as refused:
+                await client.infer("simple", unknown)
+            assert refused.value.status() == "StatusCode.NOT_FOUND"
             await client.unregister_system_shared_memory(in_name)
             remaining = await client.get_system_shared_memory_status()
             await client.unregister_system_shared_memory()

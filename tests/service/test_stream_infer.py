@@ -102,12 +102,17 @@ def test_aio_stream_infer(server):
             for i in range(8):
                 yield {"model_name": "simple", "request_id": f"aio-{i}",
                        "inputs": simple_inputs(np.full((1, 16), i, np.int32), triton_aio)}
+                if i == 3:
+                    yield {"model_name": "simple", "model_version": "7", "request_id": "bad",
+                           "inputs": simple_inputs(np.zeros((1, 16), np.int32), triton_aio)}
 
         async with triton_aio.InferenceServerClient(server.grpc_address) as client:
             return [(result, error) async for result, error in client.stream_infer(requests())]
 
     answers = asyncio.run(run())
-    assert [error for _, error in answers] == [None] * 8
+    errors = [error.message() for _, error in answers if error is not None]
+    assert errors == ["model 'simple' version 7 is not loaded; loaded versions: [1]"]
+    answers = [(result, error) for result, error in answers if error is None]
     by_id = {result.get_response().id: result.as_numpy("OUTPUT0") for result, _ in answers}
     assert sorted(by_id) == sorted(f"aio-{i}" for i in range(8))
     for i in range(8):
