@@ -8,8 +8,9 @@ with the tensors in the messages, so the note says what shared memory buys on th
 
 Measured in alternating short windows, in-process ceiling / served from shared memory / served
 with raw tensors, WINDOWS times; each figure is the median of the per-window ratios to the ceiling
-measured just before, so a window in which other processes stole the core spoils one pair, not
-the figure. Run on its own: `python -m loadtest.shm_bench [models/espcn_x3]`.
+measured just before (one window each), so a window in which other processes stole the core
+spoils one pair, not the figure. Served items are those the server computed in the window (see
+`_items_per_s`). Run on its own: `python -m loadtest.shm_bench [models/espcn_x3]`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 
 from loadtest import harness
 from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config
+from service.launcher import histogram_totals
 
 CLIENTS = 4
 IMAGE_SIZE = 256
@@ -38,16 +40,15 @@ class ShmFigures:
     raw_ratio: float      # served with raw tensors in the messages / in-process, the same way
     cpu_ratio: float      # the shared-memory ratio per server CPU-second (cpuRat), median
     raw_cpu_ratio: float
-    served: harness.LoadResult  # the shared-memory window of the median ratio
-    ceiling: dict         # the ceiling window measured before it
+    spread: tuple[float, float]  # the lowest and highest shared-memory window ratio
 
     @property
     def note(self) -> str:
         return (f"median of {WINDOWS} alternating windows (ceiling, shared memory, raw tensors), "
                 f"{CLIENTS} clients each with its own input and output region: items/s ratio "
-                f"{self.ratio:.2f} with shared memory, {self.raw_ratio:.2f} with the tensors in "
-                f"the messages; per server CPU-second {self.cpu_ratio:.2f} and "
-                f"{self.raw_cpu_ratio:.2f}")
+                f"{self.ratio:.2f} with shared memory (windows {self.spread[0]:.2f} to "
+                f"{self.spread[1]:.2f}), {self.raw_ratio:.2f} with the tensors in the messages; "
+                f"per server CPU-second {self.cpu_ratio:.2f} and {self.raw_cpu_ratio:.2f}")
 
 
 class _Regions:
@@ -101,16 +102,27 @@ class _Regions:
             self._shm.destroy_shared_memory_region(handle)
 
 
-def _ratio(result: harness.LoadResult, ceiling: dict, per_cpu: bool) -> float:
+def _items_per_s(result: harness.LoadResult, model: str) -> float:
+    """Items the server computed during the window, per second (its inference_batch_size
+    histogram): the calls that finished in it, where the client's own count keeps only those that
+    started and finished in it, which at 4 clients of ~0.1 s calls in a few seconds leaves out a
+    tenth of the work and would bias every served figure low against the ceiling's."""
+    after, _ = histogram_totals(result.metrics_after, "inference_batch_size", model=model)
+    before, _ = histogram_totals(result.metrics_before, "inference_batch_size", model=model)
+    return (after - before) / result.seconds
+
+
+def _ratio(result: harness.LoadResult, model: str, ceiling: dict, per_cpu: bool) -> float:
     if per_cpu:
-        return result.items_per_s / result.server_cpu / ceiling["items_per_cpu_s"]
-    return result.items_per_s / ceiling["items_per_s"]
+        return _items_per_s(result, model) / result.server_cpu / ceiling["items_per_cpu_s"]
+    return _items_per_s(result, model) / ceiling["items_per_s"]
 
 
 def measure(address: str, model: Path, server: harness.Server, ceiling, seconds: float
             ) -> ShmFigures:
-    """`ceiling(seconds)` measures the in-process ceiling (batch 1) for one window; `seconds` is
-    the length of each served window."""
+    """`ceiling(seconds)` measures the in-process ceiling (batch 1) in one window of `seconds`,
+    as long as each served window: one window each, not the best of several, so that neither
+    side of a pair is favoured."""
     windows = []  # (ceiling, served from shared memory, served raw)
     with _Regions(address, model) as regions:
         harness.closed_loop(address, regions.requests, CLIENTS, 1, 1.0, 0.5, server=server)
@@ -121,14 +133,14 @@ def measure(address: str, model: Path, server: harness.Server, ceiling, seconds:
             raw = harness.closed_loop(address, regions.raw_request, CLIENTS, 1, seconds, 0.2,
                                       server=server)
             windows.append((base, shared, raw))
-    windows.sort(key=lambda w: _ratio(w[1], w[0], False))
-    base, served, _ = windows[len(windows) // 2]
 
-    def median(index: int, per_cpu: bool) -> float:
-        return statistics.median(_ratio(w[index], w[0], per_cpu) for w in windows)
+    def ratios(index: int, per_cpu: bool) -> list[float]:
+        return [_ratio(w[index], model.name, w[0], per_cpu) for w in windows]
 
-    return ShmFigures(median(1, False), median(2, False), median(1, True), median(2, True),
-                      served, base)
+    shared = ratios(1, False)
+    return ShmFigures(statistics.median(shared), statistics.median(ratios(2, False)),
+                      statistics.median(ratios(1, True)), statistics.median(ratios(2, True)),
+                      (min(shared), max(shared)))
 
 
 def main() -> int:
@@ -143,7 +155,7 @@ def main() -> int:
     server = harness.start_server(model.parent, "--model", model.name, pin=pin)
     try:
         figures = measure(server.grpc_address, model, server,
-                          lambda s: measure_ceiling(pin, model, [1], s)[1], 3.0)
+                          lambda s: measure_ceiling(pin, model, [1], s, trials=1)[1], 3.0)
     finally:
         server.terminate()
     print(figures.note)
