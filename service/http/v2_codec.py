@@ -20,7 +20,6 @@ copied once, into the socket. An output written to shared memory is described wi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 import orjson
