@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from loadtest import harness, perf_sweep, rest
+from loadtest import harness, perf_sweep, rest, shm_bench
 from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config
 
 ROOT = harness.ROOT
@@ -87,14 +87,15 @@ def unbatched_repo(target: Path, models: list[Path]) -> Path:
     return target
 
 
-def ceiling(pin: list[str], model: Path, sizes: list[int], seconds: float) -> dict[int, dict]:
-    """The ceiling, measured in its own process on the server's core (best of 3 windows per
-    batch size). Each target measures its ceiling right before its served run, so both see the
-    host in the same state."""
+def ceiling(pin: list[str], model: Path, sizes: list[int], seconds: float,
+            trials: int = 3) -> dict[int, dict]:
+    """The ceiling, measured in its own process on the server's core (best of `trials` windows
+    per batch size). Each target measures its ceiling right before its served run, so both see
+    the host in the same state."""
     out = subprocess.run(
         [*pin, sys.executable, "-m", "loadtest.ceiling", str(model), "--batch-sizes",
          ",".join(map(str, sizes)), "--seconds", str(seconds), "--intra-op-threads", "1",
-         "--trials", "3", "--json"], cwd=ROOT, capture_output=True, text=True, check=True,
+         "--trials", str(trials), "--json"], cwd=ROOT, capture_output=True, text=True, check=True,
     )
     return {int(k): v for k, v in json.loads(out.stdout).items()}
 
@@ -209,8 +210,14 @@ def main() -> int:
                 ratio = table.add("2 sr_x3_256 (4 clients)", sr.name, r,
                                   sr_ceiling[1])
                 targets.append(Target("sr_x3_256_ratio", ratio, ">=", 0.90))
+                shm = shm_bench.measure(addr, sr, server,
+                                        lambda s: ceiling(pin, sr, [1], s, trials=1)[1],
+                                        ceiling_s)
+                targets.append(Target("sr_x3_256_shm_ratio", shm.ratio, ">=", 0.97, shm.note))
             else:
                 targets.append(Target("sr_x3_256_ratio", float("nan"), ">=", 0.90,
+                                      "models/espcn_x3 missing"))
+                targets.append(Target("sr_x3_256_shm_ratio", float("nan"), ">=", 0.97,
                                       "models/espcn_x3 missing"))
 
             # 3. one client, one item: the serving layer's own latency. A bare gRPC call (the

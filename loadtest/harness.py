@@ -94,24 +94,28 @@ class LoadResult:
         return (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
 
 
-async def _closed_loop(address: str, payload: bytes, clients: int, batch_size: int,
-                       seconds: float, warmup: float, timeout: float, server: Server | None,
-                       method: str):
+async def _closed_loop(address: str, payload: bytes | list[bytes], clients: int,
+                       batch_size: int, seconds: float, warmup: float, timeout: float,
+                       server: Server | None, method: str):
     options = [("grpc.max_receive_message_length", 256 << 20),
                ("grpc.max_send_message_length", 256 << 20)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         # Bytes in, bytes out: the request is serialised once, the response is not parsed.
         call = channel.unary_unary(method)
-        await call(payload, timeout=max(timeout, 30))  # connect and check once, outside timing
+        payloads = payload if isinstance(payload, list) else [payload]
+        await call(payloads[0], timeout=max(timeout, 30))  # connect and check, outside timing
 
-        async def one_call() -> bool:
-            try:
-                await call(payload, timeout=timeout)
-                return True
-            except grpc.aio.AioRpcError:
-                return False
+        def caller(body: bytes) -> Callable[[], Awaitable[bool]]:
+            async def one_call() -> bool:
+                try:
+                    await call(body, timeout=timeout)
+                    return True
+                except grpc.aio.AioRpcError:
+                    return False
+            return one_call
 
-        return await timed_callers([one_call] * clients, batch_size, seconds, warmup, server)
+        callers = [caller(payloads[i % len(payloads)]) for i in range(clients)]
+        return await timed_callers(callers, batch_size, seconds, warmup, server)
 
 
 async def timed_callers(callers: list[Callable[[], Awaitable[bool]]], batch_size: int,
@@ -164,10 +168,11 @@ async def timed_callers(callers: list[Callable[[], Awaitable[bool]]], batch_size
     return result
 
 
-def closed_loop(address: str, payload: bytes, clients: int, batch_size: int, seconds: float,
-                warmup: float = 1.0, timeout: float = 10.0, server: Server | None = None,
-                method: str = MODEL_INFER) -> LoadResult:
+def closed_loop(address: str, payload: bytes | list[bytes], clients: int, batch_size: int,
+                seconds: float, warmup: float = 1.0, timeout: float = 10.0,
+                server: Server | None = None, method: str = MODEL_INFER) -> LoadResult:
     """`clients` concurrent callers, each sending the next request as soon as the last returns,
-    for `seconds` after `warmup`; measures this process's own CPU use over the same window."""
+    for `seconds` after `warmup`; measures this process's own CPU use over the same window.
+    `payload` is every client's request, or one per client (client i sends payload[i])."""
     return asyncio.run(_closed_loop(address, payload, clients, batch_size, seconds, warmup,
                                     timeout, server, method))

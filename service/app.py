@@ -17,6 +17,7 @@ from service.core.config import CudaOptions
 from service.core.inference import InferenceCore
 from service.core.repository import ModelRepository
 from service.core.runtime import RuntimeOptions, choose_provider
+from service.core.shared_memory import SharedMemoryRegistry
 from service.errors import StartupError
 from service.auth import ApiKeys
 from service.grpc.auth import AuthInterceptor
@@ -65,6 +66,7 @@ class InferenceServer:
         )
         repository = ModelRepository(settings.models, self.provider, options, self.metrics)
         self.core = InferenceCore(repository, self.provider, self.metrics)
+        self.shared_memory = SharedMemoryRegistry()
         self.tasks = TaskCore(self.core, TaskLimits(
             max_images=settings.max_images_per_request,
             max_generate_count=settings.max_generate_count,
@@ -94,7 +96,8 @@ class InferenceServer:
                         ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000))]
         self.grpc_server = grpc.aio.server(interceptors=interceptors, options=options)
         add_kserve_to_server(
-            KServeServicer(self.core, limit, settings.max_load_file_bytes), self.grpc_server
+            KServeServicer(self.core, self.shared_memory, limit, settings.max_load_file_bytes),
+            self.grpc_server
         )
         task_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self.core, self.tasks, limit), self.grpc_server
@@ -110,7 +113,7 @@ class InferenceServer:
         self.http = None
         if settings.http_port >= 0:
             router = Router()
-            V2Routes(self.core, settings.max_load_file_bytes).register(router)
+            V2Routes(self.core, self.shared_memory, settings.max_load_file_bytes).register(router)
             TaskRoutes(self.core, self.tasks, limit).register(router)
             DocsRoutes().register(router)
             DemoRoutes().register(router)
@@ -220,6 +223,7 @@ class InferenceServer:
             log.warning("grace period over with %d call(s) in flight",
                         sum(r.active for r in recorders))
         await asyncio.gather(*stopped)
+        self.shared_memory.close()
         await self.core.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

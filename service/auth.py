@@ -1,8 +1,9 @@
 """API keys and the one rule of who may call what, for every front end.
 
 Clients send `Bearer <key>` (gRPC metadata `authorization`, HTTP header `Authorization`). Inference
-keys may call everything but the repository calls that change what is served; admin keys may call
-everything. Keys are compared as SHA-256 digests in constant time and never logged.
+keys may call everything but the calls that change what the server serves or maps: repository
+load and unload, shared-memory register and unregister; admin keys may call everything. Keys are
+compared as SHA-256 digests in constant time and never logged.
 """
 
 from __future__ import annotations

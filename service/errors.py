@@ -70,6 +70,18 @@ class PermissionDenied(ServiceError):
     status = "PERMISSION_DENIED"
 
 
+class AlreadyExists(ServiceError):
+    """The name is taken: a shared-memory region registered twice under one name."""
+
+    status = "ALREADY_EXISTS"
+
+
+class Unimplemented(ServiceError):
+    """A call of the protocol this server does not offer (CUDA shared memory)."""
+
+    status = "UNIMPLEMENTED"
+
+
 class PayloadTooLarge(ResourceExhausted):
     """A request body over the message-size limit (HTTP tells it apart from a full queue)."""
 

@@ -136,6 +136,11 @@ class CallRecorder:
         return time.perf_counter()
 
     def end(self, model: str, version: str, call: str, code: str, started: float) -> None:
+        self.observe(model, version, call, code, started)
+        self.leave()
+
+    def observe(self, model: str, version: str, call: str, code: str, started: float) -> None:
+        """Count and time one call (or one request of a stream) without ending anything."""
         key = (model, version, call)
         counter = self._counters.get(key + (code,))
         if counter is None:
@@ -147,6 +152,9 @@ class CallRecorder:
                 *key, self._protocol)
         counter.inc()
         latency.observe(time.perf_counter() - started)
+
+    def leave(self) -> None:
+        """A call started with `begin` is over."""
         self.active -= 1
         if self.active == 0 and self._idle is not None:
             self._idle.set()

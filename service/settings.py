@@ -103,7 +103,7 @@ class ServerSettings(BaseSettings):
     """File of inference API keys, one per line."""
     admin_keys: list[SecretStr] = flag("", default_factory=list)
     """Admin API keys (env only, a JSON list): everything inference keys may do, plus repository
-    load and unload."""
+    load and unload and shared-memory registration."""
     admin_keys_file: Path | None = None
     """File of admin API keys, one per line."""
     public_health: bool = True

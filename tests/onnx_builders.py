@@ -51,6 +51,54 @@ def simple_graph():
     return helper.make_graph(nodes, "simple", ins, outs)
 
 
+def simple_string_graph():
+    """Triton's example `simple_string`: INPUT0 and INPUT1 hold integers as text (BYTES);
+    OUTPUT0 is their sum and OUTPUT1 their difference, as text: strings to int and back."""
+    ins = [helper.make_tensor_value_info(n, TensorProto.STRING, ["batch", 16])
+           for n in ("INPUT0", "INPUT1")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.STRING, ["batch", 16])
+            for n in ("OUTPUT0", "OUTPUT1")]
+    nodes = [helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+             helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+             helper.make_node("Add", ["a", "b"], ["sum"]),
+             helper.make_node("Sub", ["a", "b"], ["difference"]),
+             helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+             helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING)]
+    return helper.make_graph(nodes, "simple_string", ins, outs)
+
+
+def string_identity_graph(dim: int = 16):
+    """Triton's example `simple_identity`: OUTPUT0 = INPUT0, BYTES [batch, dim]."""
+    x = helper.make_tensor_value_info("INPUT0", TensorProto.STRING, ["batch", dim])
+    y = helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, ["batch", dim])
+    return helper.make_graph([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+                             "simple_identity", [x], [y])
+
+
+def slow_text_graph(dim: int = 512, width: int = 4):
+    """The slow graph (y = x after max(work) MatMuls) that also passes BYTES `text` [batch,
+    width] through as `text_out`: string requests that queue behind a busy instance."""
+    graph = slow_graph(dim)
+    graph.input.append(helper.make_tensor_value_info("text", TensorProto.STRING,
+                                                     ["batch", width]))
+    graph.output.append(helper.make_tensor_value_info("text_out", TensorProto.STRING,
+                                                      ["batch", width]))
+    graph.node.append(helper.make_node("Identity", ["text"], ["text_out"]))
+    return graph
+
+
+def string_config(inputs: tuple[str, ...], outputs: tuple[str, ...], dim: int = 16,
+                  **extra) -> dict:
+    config = {
+        "max_batch_size": 8,
+        "inputs": [{"name": n, "datatype": "BYTES", "shape": [dim]} for n in inputs],
+        "outputs": [{"name": n, "datatype": "BYTES", "shape": [dim]} for n in outputs],
+        "dynamic_batching": {"max_queue_delay_us": 2000, "preferred_batch_sizes": [4, 8]},
+    }
+    config.update(extra)
+    return config
+
+
 def _identity_matmul_body(dim: int):
     """A Loop body that multiplies its [batch, dim] carry by the identity (`eye`, from the
     enclosing graph): exact, and as slow as its trip count."""

@@ -13,6 +13,8 @@ import pytest
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from servers import metric_value, wait_for
+
 
 def expect_error(call, code: str | grpc.StatusCode, *fragments: str) -> str:
     """`call()` fails with status `code` (a gRPC name such as "INVALID_ARGUMENT" or a StatusCode;
@@ -69,3 +71,14 @@ def code_of(call) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+
+
+def wait_until_computing(server, model: str) -> None:
+    """Return once `model` has exactly one request in flight (e.g. a slow one holding it)."""
+    wait_for(lambda: metric_value(server.metrics_text(), "inference_inflight_requests",
+                                  model=model) == 1, what=f"a request of '{model}' in flight")
+
+
+def wait_until_queued(server, model: str, depth: int) -> None:
+    wait_for(lambda: metric_value(server.metrics_text(), "inference_queue_depth",
+                                  model=model) == depth, what=f"{depth} requests queued")

@@ -159,6 +159,9 @@ class _InstanceThread:
                 self._loop.call_soon_threadsafe(done, *outcome)
             except RuntimeError:  # the loop is closed: the process is exiting
                 return
+            # Let go of this job's inputs now, not when the next job comes: they may be views of
+            # a client's shared memory, which stays mapped while anything refers to it.
+            del job, function, args, done, outcome
 
     def stop(self) -> None:
         self._jobs.put(None)

@@ -20,7 +20,7 @@ from service.errors import ModelLoadError
 
 CONFIG_FILENAME = "config.yaml"
 
-# Every datatype of the one table; BYTES is not among them (see service.core.datatypes).
+# Every datatype of the one table.
 DatatypeName = Literal[tuple(DATATYPES)]
 
 

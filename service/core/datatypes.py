@@ -1,7 +1,9 @@
 """The one datatype table: each Open Inference Protocol datatype with its numpy dtype, ONNX
 Runtime type string, Triton config enum name and the InferTensorContents field that carries it.
 
-BYTES is absent: no model served here takes strings, so it is refused with the list below.
+BYTES is the one variable-size type: a numpy object array of `bytes` elements (ONNX Runtime's
+string tensors), carried raw as each element's 4-byte little-endian length then its bytes
+(`service.core.tensors.array_from_raw` / `raw_from_array`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ class Datatype:
     contents_field: str | None  # InferTensorContents field; None: raw bytes only
 
     @property
-    def itemsize(self) -> int:
-        return self.numpy.itemsize
+    def fixed_size(self) -> bool:
+        """Every element takes `numpy.itemsize` bytes (all but BYTES)."""
+        return self.numpy != np.dtype(object)
 
 
 DATATYPES: dict[str, Datatype] = {row.name: row for row in (
@@ -37,9 +40,10 @@ DATATYPES: dict[str, Datatype] = {row.name: row for row in (
     Datatype("FP16", np.dtype(np.float16), "tensor(float16)", "TYPE_FP16", None),
     Datatype("FP32", np.dtype(np.float32), "tensor(float)", "TYPE_FP32", "fp32_contents"),
     Datatype("FP64", np.dtype(np.float64), "tensor(double)", "TYPE_FP64", "fp64_contents"),
+    Datatype("BYTES", np.dtype(object), "tensor(string)", "TYPE_STRING", "bytes_contents"),
 )}
 
 BY_ORT: dict[str, Datatype] = {row.ort: row for row in DATATYPES.values()}
 BY_TRITON: dict[str, Datatype] = {row.triton: row for row in DATATYPES.values()}
 CONTENTS_FIELDS: tuple[str, ...] = tuple(sorted(
-    {row.contents_field for row in DATATYPES.values() if row.contents_field} | {"bytes_contents"}))
+    {row.contents_field for row in DATATYPES.values() if row.contents_field}))

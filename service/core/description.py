@@ -12,7 +12,10 @@ from service.core.tensors import full_shape
 
 SERVER_NAME = "onnx-serve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "health", "reflection")
+# Triton's extension names for what both protocols serve; REST adds its binary tensor format.
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "health", "reflection",
+              "system_shared_memory", "classification")
+REST_EXTENSIONS = ("binary_tensor_data",)
 
 Parameter = str | int | float | bool
 
@@ -24,6 +27,10 @@ class ServerDescription:
     extensions: tuple[str, ...]
     execution_provider: str
     execution_provider_reason: str
+
+    @property
+    def rest_extensions(self) -> tuple[str, ...]:
+        return self.extensions + REST_EXTENSIONS
 
     @property
     def parameters(self) -> dict[str, Parameter]:

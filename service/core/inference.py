@@ -34,7 +34,8 @@ from service.core.repository import LoadOverride, ModelRepository, ModelState, M
 from service.core.runtime import ProviderChoice
 from service.core.stats import VersionStats
 from service.core.tensors import (
-    check_inputs, check_requested_outputs, from_graph_shapes, to_graph_shapes,
+    check_inputs, check_requested_outputs, from_graph_shapes, from_runtime_strings,
+    to_graph_shapes, to_runtime_strings,
 )
 from service.errors import ModelSkipped, ServiceError, StartupError, Unavailable
 from service.metrics import Metrics
@@ -267,6 +268,7 @@ class InferenceCore:
 
     async def _schedule(self, model: ModelVersion, inputs: dict[str, np.ndarray],
                         batch_size: int, deadline: float | None) -> dict[str, np.ndarray]:
+        to_runtime_strings(inputs)
         to_graph_shapes(model.config, inputs, batch_size)
         started = time.perf_counter()
         inflight = self._inflight.get(model.name)
@@ -281,6 +283,7 @@ class InferenceCore:
         finally:
             inflight.dec()
         model.stats.success.add(time.perf_counter() - started)
+        from_runtime_strings(outputs)
         return outputs
 
 

@@ -161,8 +161,8 @@ def warmup_runs(config: ModelConfig, options: RuntimeOptions,
         if not tune_per_shape:
             shapes = {(1, h, w) for _, h, w in shapes}
         spec = config.inputs[0]
-        return [WarmupRun({spec.name: np.zeros((batch, image[0], h, w),
-                                               DATATYPES[spec.datatype].numpy)}, True)
+        return [WarmupRun({spec.name: warmup_array((batch, image[0], h, w), spec.datatype)},
+                          True)
                 for batch, h, w in sorted(shapes)]
     sizes = sorted({1, *config.dynamic_batching.preferred_batch_sizes})
     if config.max_batch_size == 0:
@@ -170,13 +170,21 @@ def warmup_runs(config: ModelConfig, options: RuntimeOptions,
     fixed = all(-1 not in spec.graph_shape for spec in config.inputs)
     return [
         WarmupRun({
-            spec.name: np.zeros(([size] if size else [])
-                                + [d if d > 0 else WARMUP_VARIABLE_DIM for d in spec.graph_shape],
-                                dtype=DATATYPES[spec.datatype].numpy)
+            spec.name: warmup_array(([size] if size else [])
+                                    + [d if d > 0 else WARMUP_VARIABLE_DIM
+                                       for d in spec.graph_shape], spec.datatype)
             for spec in config.inputs
         }, fixed)
         for size in sizes
     ]
+
+
+def warmup_array(shape, datatype: str) -> np.ndarray:
+    """Zeros; for BYTES, the text "0" (which a graph that parses numbers accepts, as any other
+    takes text)."""
+    if datatype == "BYTES":
+        return np.full(shape, "0", dtype=object)
+    return np.zeros(shape, DATATYPES[datatype].numpy)
 
 
 def run_host_bound(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
@@ -311,7 +319,9 @@ class OnnxModel:
                                  f"on {self.provider}")
         self.output_names = [spec.name for spec in config.outputs]
         _check_signature(self._sessions[0], config, path)
-        self._host_bound = self.provider == CUDA
+        # IO binding binds numeric buffers only; a model with string tensors runs unbound.
+        self._host_bound = self.provider == CUDA and all(
+            DATATYPES[spec.datatype].fixed_size for spec in config.inputs + config.outputs)
         self._graphs: list[FixedShapeBuffers] | None = None
         if self._host_bound and self.cuda_options.enable_cuda_graph:
             self._graphs = [FixedShapeBuffers(s, self.output_names) for s in self._sessions]

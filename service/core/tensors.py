@@ -7,6 +7,8 @@ expects and what came.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,6 +31,92 @@ def numpy_dtype(datatype: str, where: str) -> np.dtype:
             f"{where}: datatype '{datatype}' is not supported; expected one of "
             f"{', '.join(DATATYPES)}"
         ) from None
+
+
+def array_from_raw(buffer, datatype: str, shape: list[int], name: str, what: str) -> np.ndarray:
+    """Input `name`'s array from its raw bytes `buffer` (what the front end calls them, e.g.
+    "raw_input_contents[0]", for the message): a view of the buffer for fixed-size types, a new
+    object array of `bytes` for BYTES (each element a 4-byte little-endian length, then that many
+    bytes). `shape` has been through check_dims."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_elements(buffer, count, name, what).reshape(shape)
+    dtype = numpy_dtype(datatype, f"input '{name}'")
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise InvalidArgument(f"input '{name}': {what} has {len(buffer)} bytes; shape {shape} of "
+                              f"{datatype} needs {expected}")
+    return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _bytes_elements(buffer, count: int, name: str, what: str) -> np.ndarray:
+    data = memoryview(buffer).cast("B")
+    if count * 4 > len(data):  # before the loop: every element takes at least its length
+        raise InvalidArgument(f"input '{name}': {what} has {len(data)} bytes, too few for "
+                              f"{count} BYTES elements of a 4-byte length each")
+    elements = np.empty(count, dtype=object)
+    pos, end = 0, len(data)
+    for index in range(count):
+        if pos + 4 > end:
+            raise InvalidArgument(f"input '{name}': {what} ends before BYTES element {index} of "
+                                  f"{count}")
+        (length,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + length > end:
+            raise InvalidArgument(f"input '{name}': {what}: BYTES element {index} declares "
+                                  f"{length} bytes but only {end - pos} remain")
+        elements[index] = bytes(data[pos:pos + length])
+        pos += length
+    if pos != end:
+        raise InvalidArgument(f"input '{name}': {what} has {end - pos} bytes after its {count} "
+                              "BYTES elements")
+    return elements
+
+
+def raw_from_array(array: np.ndarray) -> np.ndarray | bytes:
+    """An output's raw form: the contiguous array itself (native order is little-endian on every
+    platform ONNX Runtime ships for), or for BYTES the serialised elements."""
+    if array.dtype != object:
+        return np.ascontiguousarray(array)
+    parts = []
+    for element in array.reshape(-1):
+        parts += (struct.pack("<I", len(element)), element)
+    return b"".join(parts)
+
+
+def bytes_elements(values) -> np.ndarray:
+    """BYTES elements given one by one (typed contents, JSON strings encoded) as a flat object
+    array (np.asarray would make a fixed-width one that drops trailing NULs)."""
+    elements = np.empty(len(values), dtype=object)
+    elements[:] = [bytes(value) for value in values]
+    return elements
+
+
+def to_runtime_strings(inputs: dict[str, np.ndarray]) -> None:
+    """BYTES inputs as the text ONNX Runtime's Python API wants for tensor(string): it would turn
+    a `bytes` element into its repr. Elements must be UTF-8."""
+    for name, array in inputs.items():
+        if array.dtype != object:
+            continue
+        flat = array.reshape(-1)
+        text = np.empty(flat.size, dtype=object)
+        for index, element in enumerate(flat):
+            try:
+                text[index] = element.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidArgument(
+                    f"input '{name}': BYTES element {index} is not UTF-8 text ({exc.reason} at "
+                    f"byte {exc.start}); ONNX Runtime's string tensors carry text") from None
+        inputs[name] = text.reshape(array.shape)
+
+
+def from_runtime_strings(outputs: dict[str, np.ndarray]) -> None:
+    """tensor(string) outputs (str elements) as BYTES (UTF-8 `bytes` elements)."""
+    for name, array in outputs.items():
+        if array.dtype == object:
+            encoded = np.empty(array.size, dtype=object)
+            encoded[:] = [element.encode("utf-8") for element in array.reshape(-1)]
+            outputs[name] = encoded.reshape(array.shape)
 
 
 def check_dims(name: str, shape: list[int]) -> None:

@@ -11,6 +11,8 @@ from service.grpc.status import status_of
 ADMIN_METHODS = frozenset({
     "/inference.GRPCInferenceService/RepositoryModelLoad",
     "/inference.GRPCInferenceService/RepositoryModelUnload",
+    "/inference.GRPCInferenceService/SystemSharedMemoryRegister",
+    "/inference.GRPCInferenceService/SystemSharedMemoryUnregister",
 })
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 CARRIER = "metadata 'authorization"
@@ -51,6 +53,10 @@ def _refusing(handler, code: grpc.StatusCode, message: str):
 
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
+            abort_stream, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
             abort_stream, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
     return grpc.unary_unary_rpc_method_handler(

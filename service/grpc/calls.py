@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -20,6 +21,9 @@ class CallInfo:
     code: grpc.StatusCode = grpc.StatusCode.OK
     started: float = 0.0
     token: object = None
+    # Streams of requests (ModelStreamInfer): records one request as
+    # record_request(model, version, code, started).
+    record_request: Callable[[str, str, grpc.StatusCode, float], None] | None = None
 
 
 current_call: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
@@ -32,6 +36,13 @@ def note_call(model: str, version: str) -> None:
     info = current_call.get()
     if info is not None:
         info.model, info.version = model, version
+
+
+def note_stream_request(model: str, version: str, code: grpc.StatusCode, started: float) -> None:
+    """Count and time one request of the current stream (started: time.perf_counter())."""
+    info = current_call.get()
+    if info is not None and info.record_request is not None:
+        info.record_request(model, version, code, started)
 
 
 def deadline_of(context) -> float | None:

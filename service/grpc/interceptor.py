@@ -1,26 +1,21 @@
 """The one place where errors become gRPC statuses, and where every RPC is counted and timed.
 
 It also refuses new calls once the server drains, and counts the calls in flight so that shutdown
-can wait for them.
+can wait for them. A stream of requests (ModelStreamInfer) is counted request by request, through
+`calls.note_stream_request`; the stream itself only when it fails as a whole.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 import grpc
 
 from service.core.inference import DRAINING_MESSAGE
-from service.errors import ServiceError
 from service.grpc.calls import CallInfo, current_call
-from service.grpc.status import status_of
+from service.grpc.status import error_status
 from service.metrics import CallRecorder, Metrics
-
-log = logging.getLogger(__name__)
-
-INTERNAL_MESSAGE = "internal error; the server log has details"
 
 # Infrastructure services stay outside: health must answer during drain, and neither is counted.
 _PASS_THROUGH = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -57,6 +52,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream_of_requests(rpc, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     def _wrap_unary(self, rpc, behaviour):
@@ -84,6 +85,25 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return unary_stream
 
+    def _wrap_stream_of_requests(self, rpc, behaviour):
+        async def stream_stream(requests, context):
+            info = await self._begin(context)
+            info.record_request = (lambda model, version, code, started:
+                                   self.calls.observe(model, version, rpc, code.name, started))
+            try:
+                async for item in behaviour(requests, context):
+                    yield item
+            except BaseException as exc:  # noqa: BLE001
+                await self._fail(exc, info, context)
+            finally:
+                current_call.reset(info.token)
+                if info.code == grpc.StatusCode.OK:
+                    self.calls.leave()  # its requests were counted one by one
+                else:
+                    self.calls.end(info.model, info.version, rpc, info.code.name, info.started)
+
+        return stream_stream
+
     async def _begin(self, context) -> CallInfo:
         if self._draining():
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
@@ -96,18 +116,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         """Give the call the status `exc` stands for; always raises."""
         if getattr(exc, "model", ""):  # raised after the core resolved the model
             info.model, info.version = exc.model, exc.version
-        if isinstance(exc, ServiceError):
-            info.code = status_of(exc)
-            await context.abort(info.code, exc.message)
         if isinstance(exc, asyncio.CancelledError):
             info.code = grpc.StatusCode.CANCELLED
             raise exc
         if isinstance(exc, grpc.aio.AbortError):  # the handler set its own status
             info.code = context.code() or grpc.StatusCode.UNKNOWN
             raise exc
-        info.code = grpc.StatusCode.INTERNAL
-        log.error("unexpected error in RPC", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        info.code, message = error_status(exc)
+        await context.abort(info.code, message)
 
     def _end(self, rpc: str, info: CallInfo) -> None:
         current_call.reset(info.token)

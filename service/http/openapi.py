@@ -47,6 +47,14 @@ PARAMETERS = {"type": "object", "additionalProperties": True,
               "description": "Parameters: names to strings, numbers or booleans."}
 COUNTED = _object({"count": INTEGER, "ns": INTEGER}, ("count", "ns"))
 
+SHARED_MEMORY_PARAMETERS = {
+    "shared_memory_region": {"type": "string", "description": "Shared-memory extension: the "
+                             "tensor's bytes are in this registered region, not in the body."},
+    "shared_memory_byte_size": INTEGER,
+    "shared_memory_offset": {"type": "integer", "description": "Bytes into the region; 0 if "
+                             "absent."},
+}
+
 SCHEMAS = {
     "EmptyObject": {"type": "object"},
     "Error": _object({"error": {"type": "string", "description": "What went wrong, naming the "
@@ -69,13 +77,17 @@ SCHEMAS = {
         "name": STRING, "shape": _array(INTEGER), "datatype": _ref("Datatype"),
         "parameters": _object({"binary_data_size": {
             "type": "integer", "description": "Binary tensor extension: the input's bytes follow "
-            "the JSON header, in input order."}}, additionalProperties=True),
+            "the JSON header, in input order."}, **SHARED_MEMORY_PARAMETERS},
+            additionalProperties=True),
         "data": {"type": "array", "items": {},
                  "description": "The values, a flat or nested list in row-major order."}},
         ("name", "shape", "datatype")),
     "RequestOutput": _object({"name": STRING, "parameters": _object(
         {"binary_data": {"type": "boolean", "description": "Send this output as raw bytes after "
-                         "the JSON header."}}, additionalProperties=True)}, ("name",)),
+                         "the JSON header."},
+         "classification": {"type": "integer", "minimum": 1, "description": "Classification "
+                            "extension: the top N classes as BYTES 'score:index[:label]'."},
+         **SHARED_MEMORY_PARAMETERS}, additionalProperties=True)}, ("name",)),
     "InferRequest": _object({
         "id": STRING,
         "parameters": _object({
@@ -112,6 +124,13 @@ SCHEMAS = {
         additionalProperties={"type": "string", "format": "byte",
                               "description": "`file:<path>`: a model file's bytes, base64."})}),
     "UnloadRequest": _object({"parameters": _object({"unload_dependents": BOOLEAN})}),
+    "SharedMemoryRegion": _object({"name": STRING, "key": STRING, "offset": INTEGER,
+                                   "byte_size": INTEGER}, ("name", "key", "offset", "byte_size")),
+    "SharedMemoryRegister": _object({
+        "key": {"type": "string", "description": "The POSIX shared-memory key (shm_open's name)."},
+        "offset": {"type": "integer", "minimum": 0}, "byte_size": {"type": "integer",
+                                                                   "minimum": 1}},
+        ("key", "byte_size")),
     # -- task API ---------------------------------------------------------------------------
     "Image": {"description": "An image: PNG or JPEG bytes, or raw 8-bit pixels (height x width x "
                              "channels, row-major).", "oneOf": [
@@ -186,11 +205,13 @@ ERRORS = {
     "400": "Bad input: the message names the field, what was expected and what came.",
     "401": "No API key, or an unknown one (only when the server has API keys).",
     "403": "This key's role may not make this call (repository changes need an admin key).",
-    "404": "No such model or version, or no such route.",
+    "404": "No such model, version, shared-memory region or route.",
+    "409": "A shared-memory region of that name is already registered.",
     "413": "The request body is over the message-size limit (max_message_bytes).",
     "429": "The model's queue is full, or the answer would be over the message limit.",
     "500": "A fault of the server's own; the message is generic, the server log has details.",
     "503": "Not ready: the model is loading or failed to load, or the server is draining.",
+    "501": "Not offered by this server (CUDA shared memory).",
     "504": "The deadline passed before the answer was ready.",
 }
 RESPONSES = {status: {"description": text, "content": {JSON: {"schema": _ref("Error")}}}
@@ -202,6 +223,8 @@ PATH_PARAMETERS = {
     "version": {"name": "version", "in": "path", "required": True, "schema": STRING,
                 "description": "Model version."},
     "file": {"name": "file", "in": "path", "required": True, "schema": STRING},
+    "region": {"name": "region", "in": "path", "required": True, "schema": STRING,
+               "description": "Shared-memory region name."},
 }
 VERSION_QUERY = {"name": "version", "in": "query", "schema": STRING,
                  "description": "Model version; absent: the highest loaded one."}
@@ -295,6 +318,31 @@ def _v2_model_routes(prefix: str, suffix: str) -> dict:
     }
 
 
+def _shared_memory_routes(kind: str, prefix: str) -> dict:
+    """Status and unregister, for all regions and for one; register for one."""
+    name = {"system": "SystemSharedMemory", "cuda": "CudaSharedMemory"}[kind]
+    system = kind == "system"
+    routes = {}
+    for path, suffix, which in ((prefix, "", "every region"),
+                                (prefix + "/region/{region}", "Region", "one region")):
+        routes[("GET", path + "/status")] = _operation(
+            f"{name}Status{suffix}", f"The registered {kind} shared-memory regions ({which})",
+            "v2", {"200": {"description": "OK", "content": _json_content(
+                _array(_ref("SharedMemoryRegion") if system else {"type": "object"}))}},
+            errors=READ)
+        routes[("POST", path + "/unregister")] = _operation(
+            f"{name}Unregister{suffix}", f"Unregister {which}" + (" (admin key)" if system
+                                                                  else "; none is ever registered"),
+            "v2", _ok("EmptyObject"), errors=ADMIN if system else READ)
+    routes[("POST", prefix + "/region/{region}/register")] = _operation(
+        f"{name}Register", "Register a region (admin key)" if system else
+        "Refused: this server offers system shared memory, not CUDA's", "v2",
+        _ok("EmptyObject"), errors=(*ADMIN, "409") if system else ("401", "501"),
+        body={"required": True, "content": _json_content(
+            _ref("SharedMemoryRegister") if system else {"type": "object"})})
+    return routes
+
+
 def _task(call: str, summary: str, body: dict, responses: dict, extra: list | None = None,
           description: str = "") -> dict:
     return _operation(call, summary, "tasks", responses, errors=RUN, body=body,
@@ -337,6 +385,8 @@ OPERATIONS = {
     ("POST", "/v2/repository/models/{model}/unload"): _operation(
         "RepositoryModelUnload", "Unload a model (admin key)", "v2", _ok("EmptyObject"),
         errors=ADMIN, body={"content": _json_content(_ref("UnloadRequest"))}),
+    **_shared_memory_routes("system", "/v2/systemsharedmemory"),
+    **_shared_memory_routes("cuda", "/v2/cudasharedmemory"),
     # -- task API ---------------------------------------------------------------------------
     ("GET", "/v1/models"): _operation(
         "ListModels", "Every model with its task metadata, or its state when it does not serve",

@@ -1,6 +1,6 @@
 """The Open Inference Protocol's REST routes, with Triton's extensions (repository, statistics,
-model configuration, binary tensors): a thin translation of the same InferenceCore calls the gRPC
-front end makes, so `tritonclient.http` works unchanged."""
+model configuration, binary tensors, system shared memory, classification): a thin translation of
+the same InferenceCore calls the gRPC front end makes, so `tritonclient.http` works unchanged."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from google.protobuf import json_format
 
 from service.core.description import ModelDescription
 from service.core.inference import InferenceCore, VersionStatistics
+from service.core.outputs import finish_outputs
 from service.core.repository import LoadOverride, validate_model_name
+from service.core.shared_memory import CUDA_REFUSAL, SharedMemoryRegistry
 from service.core.triton_config import to_triton
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, Unimplemented
 from service.http import v2_codec as codec
 from service.http.framework import (
     JSON, Request, Response, Router, json_response, within_deadline,
@@ -65,8 +67,9 @@ def _statistics(model: VersionStatistics) -> dict:
 
 
 class V2Routes:
-    def __init__(self, core: InferenceCore, max_load_bytes: int):
+    def __init__(self, core: InferenceCore, shm: SharedMemoryRegistry, max_load_bytes: int):
         self._core = core
+        self._shm = shm
         self._max_load_bytes = max_load_bytes
 
     def register(self, router: Router) -> None:
@@ -86,6 +89,19 @@ class V2Routes:
             admin=True)
         add("POST", "/v2/repository/models/{model}/unload", self.unload,
             "RepositoryModelUnload", admin=True)
+        # tritonclient.http's paths for the shared-memory extensions.
+        for prefix in ("/v2/systemsharedmemory", "/v2/systemsharedmemory/region/{region}"):
+            add("GET", prefix + "/status", self.shm_status, "SystemSharedMemoryStatus")
+            add("POST", prefix + "/unregister", self.shm_unregister,
+                "SystemSharedMemoryUnregister", admin=True)
+        add("POST", "/v2/systemsharedmemory/region/{region}/register", self.shm_register,
+            "SystemSharedMemoryRegister", admin=True)
+        for prefix in ("/v2/cudasharedmemory", "/v2/cudasharedmemory/region/{region}"):
+            add("GET", prefix + "/status", self.cuda_shm_status, "CudaSharedMemoryStatus")
+            add("POST", prefix + "/unregister", self.cuda_shm_unregister,
+                "CudaSharedMemoryUnregister")
+        add("POST", "/v2/cudasharedmemory/region/{region}/register", self.cuda_shm_register,
+            "CudaSharedMemoryRegister")
 
     # -- health and metadata --------------------------------------------------------------------
 
@@ -104,7 +120,7 @@ class V2Routes:
     async def server_metadata(self, request: Request) -> Response:
         server = self._core.server_metadata()
         return json_response({"name": server.name, "version": server.version,
-                              "extensions": list(server.extensions),
+                              "extensions": list(server.rest_extensions),
                               "parameters": server.parameters})
 
     async def model_metadata(self, request: Request) -> Response:
@@ -130,8 +146,8 @@ class V2Routes:
 
     async def infer(self, request: Request) -> Response:
         header, binary = codec.split_body(request.body, request.headers.get(codec.HEADER_LENGTH))
-        arrays, declared = codec.decode_inputs(header, binary)
-        names, binary_outputs = codec.requested_outputs(header)
+        arrays, declared = codec.decode_inputs(header, binary, self._shm)
+        names, binary_outputs, wanted = codec.requested_outputs(header, self._shm)
         request_id = header.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidArgument(f"id: expected a string, got {type(request_id).__name__}")
@@ -146,13 +162,43 @@ class V2Routes:
             head["id"] = request_id
         binary_all = not names and codec.parameters(header, "request").get(
             "binary_data_output") is True
-        datatypes = {spec.name: spec.datatype for spec in model.config.outputs}
-        parts, header_length = codec.encode_response(head, result.outputs, datatypes,
-                                                     binary_outputs, binary_all)
+        try:
+            outputs = finish_outputs(result.outputs, wanted, model.config)
+            parts, header_length = codec.encode_response(head, outputs, binary_outputs,
+                                                         binary_all)
+        except InvalidArgument as exc:
+            exc.model, exc.version = model.name, model.version_label
+            raise
         if header_length is None:
             return Response(body=parts, compressible=True)
         return Response(body=parts, content_type="application/octet-stream", compressible=True,
                         headers=[(codec.HEADER_LENGTH.encode(), str(header_length).encode())])
+
+    # -- system shared memory (and CUDA's, refused) ----------------------------------------------
+
+    async def shm_status(self, request: Request) -> Response:
+        return json_response([{"name": r.name, "key": r.key, "offset": r.offset,
+                               "byte_size": r.byte_size}
+                              for r in self._shm.status(request.params.get("region", ""))])
+
+    async def shm_register(self, request: Request) -> Response:
+        body = request.json()
+        self._shm.register(request.params["region"], body.get("key"), body.get("offset", 0),
+                           body.get("byte_size"))
+        return Response(body=b"{}", content_type=JSON)
+
+    async def shm_unregister(self, request: Request) -> Response:
+        self._shm.unregister(request.params.get("region", ""))
+        return Response(body=b"{}", content_type=JSON)
+
+    async def cuda_shm_status(self, request: Request) -> Response:
+        return json_response(self._shm.cuda_status(request.params.get("region", "")))
+
+    async def cuda_shm_unregister(self, request: Request) -> Response:
+        return Response(body=b"{}", content_type=JSON)  # none is registered
+
+    async def cuda_shm_register(self, request: Request) -> Response:
+        raise Unimplemented(CUDA_REFUSAL)
 
     # -- repository -----------------------------------------------------------------------------
 

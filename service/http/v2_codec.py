@@ -6,10 +6,16 @@ whose `parameters.binary_data_size` is set takes that many bytes of the rest, in
 view (np.frombuffer: no copy). Other inputs carry `data`, a flat or nested JSON list, checked for
 count, type and range.
 
+An input in shared memory names its region in `parameters` (shared_memory_region,
+shared_memory_byte_size, shared_memory_offset) and carries neither data nor binary bytes. BYTES
+travel as JSON strings (UTF-8) or, in binary, as each element's 4-byte little-endian length then
+its bytes.
+
 A response is JSON, or JSON followed by raw output bytes for the outputs asked for in binary
 (`parameters.binary_data` on a requested output, or `binary_data_output` on the request, which
 tritonclient sets when it names no outputs); the parts are handed over unjoined, so a large
-output's bytes are copied once, into the socket (the framework joins only small responses).
+output's bytes are copied once, into the socket (the framework joins only small responses). An
+output written to shared memory is described without data.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ import math
 import numpy as np
 import orjson
 
-from service.core.tensors import check_dims, numpy_dtype
+from service.core.outputs import OutputRequest, OutputTensor, output_request, region_of
+from service.core.shared_memory import SharedMemoryRegistry
+from service.core.tensors import (
+    array_from_raw, bytes_elements, check_dims, numpy_dtype, raw_from_array,
+)
 from service.errors import InvalidArgument
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -64,7 +74,8 @@ def parameters(obj: dict, where: str) -> dict:
     return _field(obj, "parameters", dict, f"{where}.parameters", {})
 
 
-def decode_inputs(header: dict, binary: memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def decode_inputs(header: dict, binary: memoryview, shm: SharedMemoryRegistry
+                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Arrays by input name and the datatype each input declared."""
     inputs = _field(header, "inputs", list, "inputs")
     if inputs is None:
@@ -91,9 +102,18 @@ def decode_inputs(header: dict, binary: memoryview) -> tuple[dict[str, np.ndarra
             raise InvalidArgument(f"input '{name}': shape must be a list of integers, got "
                                   f"{shape!r}")
         check_dims(name, shape)
-        count = math.prod(shape)
-        size = parameters(tensor, f"input '{name}'").get("binary_data_size")
-        if size is not None:
+        params = parameters(tensor, f"input '{name}'")
+        size = params.get("binary_data_size")
+        region = region_of(params, f"input '{name}'", shm)
+        if region is not None:
+            if "data" in tensor or size is not None:
+                raise InvalidArgument(f"input '{name}': has shared_memory_region and "
+                                      f"{'data' if 'data' in tensor else 'binary_data_size'}; "
+                                      "send one")
+            arrays[name] = array_from_raw(
+                region.memory, datatype, shape, name,
+                f"shared memory region '{region.region}' (shared_memory_byte_size)")
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidArgument(f"input '{name}': binary_data_size must be a byte count, "
                                       f"got {size!r}")
@@ -104,18 +124,15 @@ def decode_inputs(header: dict, binary: memoryview) -> tuple[dict[str, np.ndarra
                 raise InvalidArgument(
                     f"input '{name}': binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} binary bytes left)")
-            expected = count * dtype.itemsize
-            if size != expected:
-                raise InvalidArgument(f"input '{name}': binary_data_size is {size} bytes; shape "
-                                      f"{shape} of {datatype} needs {expected}")
-            arrays[name] = np.frombuffer(binary[offset:offset + size],
-                                         dtype=dtype.newbyteorder("<")).reshape(shape)
+            arrays[name] = array_from_raw(binary[offset:offset + size], datatype, shape, name,
+                                          "its binary data (binary_data_size)")
             offset += size
         else:
             if "data" not in tensor:
                 raise InvalidArgument(f"input '{name}': give data, or binary_data_size with "
                                       "the bytes after the JSON header")
-            arrays[name] = _from_json(name, datatype, dtype, shape, count, tensor["data"])
+            arrays[name] = _from_json(name, datatype, dtype, shape, math.prod(shape),
+                                      tensor["data"])
         declared[name] = datatype
     if offset != len(binary):
         raise InvalidArgument(f"the body has {len(binary) - offset} binary bytes that no input's "
@@ -127,14 +144,20 @@ def _from_json(name: str, datatype: str, dtype: np.dtype, shape: list[int], coun
                data) -> np.ndarray:
     if not isinstance(data, list):
         raise InvalidArgument(f"input '{name}': data must be a list, got {type(data).__name__}")
+    text = datatype == "BYTES"
     try:
-        values = np.asarray(data)
+        values = np.asarray(data, dtype=object if text else None)
     except (ValueError, TypeError, RecursionError):
         raise InvalidArgument(f"input '{name}': data must be a flat or rectangular nested list "
-                              "of numbers") from None
+                              f"of {'strings' if text else 'numbers'}") from None
     if values.size != count:
         raise InvalidArgument(f"input '{name}': data has {values.size} values; shape {shape} of "
                               f"{datatype} needs {count}")
+    if text:
+        flat = values.reshape(-1)
+        if not all(isinstance(value, str) for value in flat):
+            raise InvalidArgument(f"input '{name}': BYTES data must be strings")
+        return bytes_elements([value.encode() for value in flat]).reshape(shape)
     kind = values.dtype.kind
     if datatype == "BOOL":
         if kind != "b":
@@ -152,11 +175,12 @@ def _from_json(name: str, datatype: str, dtype: np.dtype, shape: list[int], coun
     return values.astype(dtype, copy=False).reshape(shape)
 
 
-def requested_outputs(header: dict) -> tuple[list[str], set[str]]:
-    """(output names asked for, those to send as binary)."""
+def requested_outputs(header: dict, shm: SharedMemoryRegistry
+                      ) -> tuple[list[str], set[str], dict[str, OutputRequest]]:
+    """(output names asked for, those to send as binary, each one's extension parameters)."""
     binary_all = parameters(header, "request").get("binary_data_output") is True
     outputs = _field(header, "outputs", list, "outputs", [])
-    names, binary = [], set()
+    names, binary, wanted = [], set(), {}
     for index, output in enumerate(outputs):
         if not isinstance(output, dict):
             raise InvalidArgument(f"outputs[{index}]: expected an object, got "
@@ -165,25 +189,28 @@ def requested_outputs(header: dict) -> tuple[list[str], set[str]]:
         if not name:
             raise InvalidArgument(f"outputs[{index}].name is required")
         names.append(name)
-        asked = parameters(output, f"output '{name}'").get("binary_data")
+        params = parameters(output, f"output '{name}'")
+        asked = params.get("binary_data")
         if asked is True or (asked is None and binary_all):
             binary.add(name)
-    return names, binary
+        wanted[name] = output_request(name, params, shm)
+    return names, binary, wanted
 
 
-def encode_response(head: dict, outputs: dict[str, np.ndarray], datatypes: dict[str, str],
-                    binary: set[str], binary_all: bool) -> tuple[list[bytes], int | None]:
+def encode_response(head: dict, outputs: list[OutputTensor], binary: set[str],
+                    binary_all: bool) -> tuple[list[bytes], int | None]:
     """The response's parts and, when any output is binary, the JSON header's length."""
     described, raw = [], []
-    for name, array in outputs.items():
-        entry = {"name": name, "datatype": datatypes[name], "shape": list(array.shape)}
-        if name in binary or binary_all:
-            # Native order is little-endian on every platform onnxruntime ships for, as is ours.
-            data = np.ascontiguousarray(array)
+    for output in outputs:
+        entry = {"name": output.name, "datatype": output.datatype, "shape": list(output.shape)}
+        if output.array is None:
+            pass  # written to its shared-memory region: described only, as Triton does
+        elif output.name in binary or binary_all:
+            data = memoryview(raw_from_array(output.array)).cast("B")
             entry["parameters"] = {"binary_data_size": data.nbytes}
-            raw.append(memoryview(data).cast("B"))
+            raw.append(data)
         else:
-            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+            entry["data"] = _json_data(output)
         described.append(entry)
     head["outputs"] = described
     header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -191,3 +218,13 @@ def encode_response(head: dict, outputs: dict[str, np.ndarray], datatypes: dict[
         return [header], None
     return [header, *raw], len(header)
 
+
+def _json_data(output: OutputTensor):
+    flat = np.ascontiguousarray(output.array).reshape(-1)
+    if output.datatype != "BYTES":
+        return flat
+    try:
+        return [element.decode() for element in flat]
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"output '{output.name}' holds bytes that are not UTF-8 text, "
+                              "which JSON cannot carry; ask for it with binary_data") from None

@@ -75,7 +75,7 @@ def test_every_route_of_the_router_is_documented_and_nothing_else(document, tmp_
     documented = {(method.upper(), path) for path, item in document["paths"].items()
                   for method in item if method != "parameters"}
     assert routes == documented
-    assert len(routes) == 17 + 8 + 3 + 2  # V2, task API, docs, demo page
+    assert len(routes) == 17 + 10 + 8 + 3 + 2  # V2, shared memory, task API, docs, demo page
 
 
 def resolved(schema, document):
@@ -106,6 +106,8 @@ CALLS = [  # (method, route, path, body); every answer is JSON
     ("GET", "/v2/models/{model}/stats", "/v2/models/enc/stats", None),
     ("GET", "/v2/models/{model}/config", "/v2/models/enc/config", None),
     ("POST", "/v2/repository/index", "/v2/repository/index", {}),
+    ("GET", "/v2/systemsharedmemory/status", "/v2/systemsharedmemory/status", None),
+    ("GET", "/v2/cudasharedmemory/status", "/v2/cudasharedmemory/status", None),
     ("GET", "/v1/models", "/v1/models", None),
     ("GET", "/v1/models/{model}", "/v1/models/sr", None),
     ("POST", "/v1/models/{model}/classify", "/v1/models/brightness/classify?top_k=2",

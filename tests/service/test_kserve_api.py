@@ -235,11 +235,11 @@ def test_raw_length_and_count_mismatches(stub):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "shape dims must be >= 1, got [-1, 4]" in error.details()
 
-    bytes_input = service_pb2.ModelInferRequest(model_name="affine")
-    bytes_input.inputs.add(name="x", datatype="BYTES", shape=[1, 4])
-    error = rpc_error(lambda: stub.ModelInfer(bytes_input))
+    bf16_input = service_pb2.ModelInferRequest(model_name="affine")
+    bf16_input.inputs.add(name="x", datatype="BF16", shape=[1, 4])
+    error = rpc_error(lambda: stub.ModelInfer(bf16_input))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "datatype 'BYTES' is not supported" in error.details()
+    assert "datatype 'BF16' is not supported" in error.details()
 
 
 def test_model_infer_wire_format_in_any_field_order(server, stub):

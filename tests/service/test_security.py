@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import ipaddress
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
+import tritonclient.utils.shared_memory as shm
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -236,6 +240,51 @@ def test_api_keys(repo, tmp_path, server_factory):
     # Keys are never logged.
     log = "\n".join(str(line) for line in server.log_lines)
     assert INFERENCE_KEY not in log and ADMIN_KEY not in log
+
+
+def test_shared_memory_registration_needs_an_admin_key_and_streams_a_key(repo, server_factory):
+    server = server_factory(repo, env={"ONNXSERVE_API_KEYS": f'["{INFERENCE_KEY}"]',
+                                       "ONNXSERVE_ADMIN_KEYS": f'["{ADMIN_KEY}"]'})
+    inference = {"authorization": f"Bearer {INFERENCE_KEY}"}
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    key = f"/onnxserve-test-{uuid.uuid4().hex}"
+    handle = shm.create_shared_memory_region("keyed", key, 64)
+    try:
+        client = triton.InferenceServerClient(server.grpc_address)
+        fails_with(lambda: client.register_system_shared_memory("keyed", key, 64,
+                                                                headers=inference),
+                   "PERMISSION_DENIED", "SystemSharedMemoryRegister needs an admin key")
+        client.register_system_shared_memory("keyed", key, 64, headers=admin)
+        assert list(client.get_system_shared_memory_status(headers=inference).regions) == \
+            ["keyed"]
+        fails_with(lambda: client.unregister_system_shared_memory(headers=inference),
+                   "PERMISSION_DENIED", "SystemSharedMemoryUnregister needs an admin key")
+        with triton_http.InferenceServerClient(server.http_address) as rest:
+            with pytest.raises(InferenceServerException) as refused:
+                rest.unregister_system_shared_memory("keyed", headers=inference)
+            assert refused.value.status() == "403"
+            rest.unregister_system_shared_memory("keyed", headers=admin)
+            assert rest.get_system_shared_memory_status(headers=inference) == []
+
+        # A stream without a key is refused as a whole; with one, it serves.
+        answers = []
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        tensor = triton.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        with contextlib.suppress(InferenceServerException):  # when the refusal came first
+            client.async_stream_infer("affine", [tensor])
+        client.stop_stream()
+        assert [r for r, _ in answers] == [None]
+        assert answers[0][1].status() == "StatusCode.UNAUTHENTICATED"
+        assert "missing API key" in answers[0][1].message()
+        answers.clear()
+        client.start_stream(callback=lambda result, error: answers.append((result, error)),
+                            headers=inference)
+        client.async_stream_infer("affine", [tensor])
+        client.stop_stream()
+        assert answers[0][1] is None and answers[0][0].as_numpy("y").tolist() == [[2.0] * 4]
+    finally:
+        shm.destroy_shared_memory_region(handle)
 
 
 def test_private_health_and_metrics(repo, server_factory):

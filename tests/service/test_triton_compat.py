@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from servers import ROOT, start_server
 from support import expect_error
-from proto_fields import message_fields
+from proto_fields import extension_layout, message_fields
 from onnx_builders import affine_config, affine_graph, save_graph, write_model
 
 EXAMPLES = ROOT / "examples" / "triton_repository"
@@ -118,6 +118,21 @@ def test_model_config_message_matches_tritons():
     theirs = message_fields(model_config_pb2.ModelConfig.DESCRIPTOR)
     theirs.update(message_fields(service_pb2.ModelConfigResponse.DESCRIPTOR))
     assert mine == theirs
+
+
+def test_streaming_and_shared_memory_rpcs_match_tritons():
+    ours = subprocess.run(
+        [sys.executable, "-c", "import json, sys; sys.path.insert(0, 'tests');"
+         "from proto_fields import extension_layout;"
+         "from service._proto import grpc_service_pb2 as g;"
+         "print(json.dumps(extension_layout(g)))"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    fields, rpcs = json.loads(ours.stdout)
+    their_fields, their_rpcs = extension_layout(service_pb2)
+    assert {k: {f: tuple(v) for f, v in m.items()} for k, m in fields.items()} == their_fields
+    assert {"ModelStreamInfer", "SystemSharedMemoryRegister", "CudaSharedMemoryStatus"} <= set(rpcs)
+    assert {name: their_rpcs[name] for name in rpcs} == rpcs
 
 
 # -- repository ----------------------------------------------------------------------------------
@@ -348,8 +363,8 @@ def test_load_with_config_override_then_restore(client):
     expect_error(lambda: client.load_model("simple", config='{"platform": "tensorrt_plan"}'),
                  "INVALID_ARGUMENT", "is for 'tensorrt_plan'")
     expect_error(lambda: client.load_model("simple", config='{"input": [{"name": "INPUT0", '
-                                                            '"data_type": "TYPE_STRING"}]}'),
-                 "INVALID_ARGUMENT", "data_type TYPE_STRING is not served")
+                                                            '"data_type": "TYPE_BF16"}]}'),
+                 "INVALID_ARGUMENT", "data_type TYPE_BF16 is not served")
     assert client.get_model_config("simple").config.max_batch_size == 16
     assert client.is_model_ready("simple")
 
