@@ -85,6 +85,7 @@ def test_health_and_metadata(client):
         [("INPUT0", "INT32", [-1, 16]), ("INPUT1", "INT32", [-1, 16])]
     # Unlike gRPC's through tritonclient, the REST metadata shows its parameters.
     assert model["parameters"]["execution_provider"] == "CPUExecutionProvider"
+    assert client.get_model_metadata("simple", "1") == model
     expect_error(lambda: client.get_model_metadata("missing"), "404",
                  "model 'missing' is not loaded")
 
@@ -197,8 +198,9 @@ def test_statistics_count_requests_exactly(client):
         return client.get_inference_statistics("simple")["model_stats"][0]
 
     before = stats()
-    for _ in range(3):
-        client.infer("simple", simple_inputs()[0])
+    for version in ("", "1", ""):  # /v2/models/simple/infer and /v2/models/simple/versions/1/infer
+        assert client.infer("simple", simple_inputs()[0], model_version=version).get_response()[
+            "model_version"] == "1"
     after = stats()
     assert after["name"] == "simple" and after["version"] == "1"
     assert after["inference_stats"]["success"]["count"] == \
