@@ -15,7 +15,7 @@ help:  ## list the targets
 	@echo "make <target>   (MODELS=dir picks the repository for serve; ONNXSERVE_* settings apply)"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 16
 
-serve: install proto  ## set up and serve models/ (gRPC :8001, metrics :8002)
+serve: install proto  ## set up and serve models/ (REST :8000, gRPC :8001, metrics :8002)
 	$(PY) -m service --models $(MODELS)
 
 test: install-dev proto apt-deps perf-analyzer  ## set up and run every test

@@ -126,7 +126,9 @@ class Table:
         self.rows: list[str] = []
 
     def add(self, step: str, model: str, r: harness.LoadResult, ceiling: dict | None):
-        served = r.items_per_s
+        # Counted by the server where it was read: the client's count leaves out the calls that
+        # straddle the window's edges (a third of the work for 4 clients of 0.4 s calls in 1.7 s).
+        served = r.computed_per_s(model) if r.metrics_after else r.items_per_s
         nan = float("nan")
         ceiling_items = ceiling["items_per_s"] if ceiling else nan
         ratio = served / ceiling_items if ceiling else nan
@@ -206,7 +208,9 @@ def main() -> int:
             # 2. four clients, one 256x256 image each, x3 super-resolution
             if sr:
                 sr_ceiling.update(ceiling(pin, sr, [1], ceiling_s))
-                r = served(addr, payload(sr, 1), 4, 1, seconds, server)
+                # Windows three times as long: a 2-image batch takes ~0.2 s here, and the server
+                # counts items when their batch ends.
+                r = served(addr, payload(sr, 1), 4, 1, 3 * seconds, server)
                 ratio = table.add("2 sr_x3_256 (4 clients)", sr.name, r,
                                   sr_ceiling[1])
                 targets.append(Target("sr_x3_256_ratio", ratio, ">=", 0.90))

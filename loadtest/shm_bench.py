@@ -10,7 +10,7 @@ Measured in alternating short windows, in-process ceiling / served from shared m
 with raw tensors, WINDOWS times; each figure is the median of the per-window ratios to the ceiling
 measured just before (one window each), so a window in which other processes stole the core
 spoils one pair, not the figure. Served items are those the server computed in the window (see
-`_items_per_s`). Run on its own: `python -m loadtest.shm_bench [models/espcn_x3]`.
+`harness.LoadResult.computed_per_s`). Run on its own: `python -m loadtest.shm_bench [models/espcn_x3]`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import yaml
 
 from loadtest import harness
 from loadtest.payloads import infer_request_bytes, make_inputs, signature_from_config
-from service.launcher import histogram_totals
 
 CLIENTS = 4
 IMAGE_SIZE = 256
@@ -102,20 +101,10 @@ class _Regions:
             self._shm.destroy_shared_memory_region(handle)
 
 
-def _items_per_s(result: harness.LoadResult, model: str) -> float:
-    """Items the server computed during the window, per second (its inference_batch_size
-    histogram): the calls that finished in it, where the client's own count keeps only those that
-    started and finished in it, which at 4 clients of ~0.1 s calls in a few seconds leaves out a
-    tenth of the work and would bias every served figure low against the ceiling's."""
-    after, _ = histogram_totals(result.metrics_after, "inference_batch_size", model=model)
-    before, _ = histogram_totals(result.metrics_before, "inference_batch_size", model=model)
-    return (after - before) / result.seconds
-
-
 def _ratio(result: harness.LoadResult, model: str, ceiling: dict, per_cpu: bool) -> float:
     if per_cpu:
-        return _items_per_s(result, model) / result.server_cpu / ceiling["items_per_cpu_s"]
-    return _items_per_s(result, model) / ceiling["items_per_s"]
+        return result.computed_per_s(model) / result.server_cpu / ceiling["items_per_cpu_s"]
+    return result.computed_per_s(model) / ceiling["items_per_s"]
 
 
 def measure(address: str, model: Path, server: harness.Server, ceiling, seconds: float

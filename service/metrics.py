@@ -54,6 +54,17 @@ class Metrics:
             "Items per executed batch (after dynamic batching merged requests).",
             ["model", "version"], buckets=BATCH_SIZE_BUCKETS, registry=r,
         )
+        self.batch_waits = Counter(
+            f"{PREFIX}_batch_waits",
+            "Batches whose instance waited for more requests before running them (the batching "
+            "rule waits only while that makes items cheaper; see README 'Dynamic batching').",
+            ["model", "version"], registry=r,
+        )
+        self.batch_wait_seconds = Counter(
+            f"{PREFIX}_batch_wait_seconds",
+            "Time instances spent waiting for more requests, at most max_queue_delay per batch.",
+            ["model", "version"], registry=r,
+        )
         self.inflight = Gauge(
             f"{PREFIX}_inflight_requests", "RPCs being handled now, by model.",
             ["model"], registry=r,

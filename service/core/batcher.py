@@ -211,6 +211,8 @@ class BatchScheduler:
         self._queue_latency = metrics.queue_latency.labels(model, version)
         self._compute_latency = metrics.compute_latency.labels(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
+        self._batch_waits = metrics.batch_waits.labels(model, version)
+        self._batch_wait_seconds = metrics.batch_wait_seconds.labels(model, version)
 
     async def infer(
         self, inputs: dict[str, np.ndarray], batch_size: int, deadline: float | None
@@ -316,20 +318,27 @@ class BatchScheduler:
         if lone or not batch:
             return batch
         oldest = batch[0].enqueued
+        waited_since = None
         while size < self._target and not self._closing:
             if self._queue and not self._fits(batch, size, self._queue[0]):
                 break  # the next request cannot join: run what we have
             if not self._policy.worth_waiting(size):
                 break
-            remaining = oldest + self._delay - time.monotonic()
+            now = time.monotonic()
+            remaining = oldest + self._delay - now
             if remaining <= 0:
                 break
+            if waited_since is None:
+                waited_since = now
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 pass
             size = self._take(batch, size)
+        if waited_since is not None:
+            self._batch_waits.inc()
+            self._batch_wait_seconds.inc(time.monotonic() - waited_since)
         return batch
 
     async def _work(self, instance: int) -> None:

@@ -1,4 +1,5 @@
-"""Every metric the dashboard and the rules query is one a real server exports.
+"""Every metric the dashboard and the rules query is one a real server exports, and the README's
+metrics table lists exactly the server's metrics, with their types and labels.
 
 The exported names come from a running server's /metrics after one inference, not from a list
 kept by hand: renaming a metric in the service breaks this test, not the dashboards in production.
@@ -6,6 +7,7 @@ kept by hand: renaming a metric in the service breaks this test, not the dashboa
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), 
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> set[str]:
+def metrics_text(tmp_path_factory) -> str:
     from servers import start_server
 
     repo = tmp_path_factory.mktemp("repo")
@@ -40,18 +42,46 @@ def exported(tmp_path_factory) -> set[str]:
         text = server.metrics_text()
     finally:
         assert server.terminate() == 0
+    return text
+
+
+@pytest.fixture(scope="module")
+def exported(metrics_text) -> set[str]:
     names = set()
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(metrics_text):
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
 
 
-def test_the_server_exports_what_the_readme_lists(exported):
-    for name in ("inference_requests_total", "inference_request_duration_seconds_bucket",
-                 "inference_queue_duration_seconds_bucket", "inference_batch_size_bucket",
-                 "inference_execution_provider_info", "inference_requests_dropped_total"):
-        assert name in exported
+def readme_metrics() -> dict[str, tuple[str, set[str]]]:
+    """The README's metrics table: each metric name (as a query names it) -> (type, labels)."""
+    section = (ROOT / "README.md").read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            labels = {label.strip() for label in cells[2].split(",")}
+            for name in re.findall(r"`(\w+)`", cells[0]):
+                table[name] = (cells[1], labels)
+    return table
+
+
+def test_the_server_exports_what_the_readme_lists_with_those_labels(metrics_text):
+    documented = readme_metrics()
+    assert len(documented) == 13
+    families = {}
+    for family in text_string_to_metric_families(metrics_text):
+        families[family.name + ("_total" if family.type == "counter" else "")] = family
+    for name, (kind, labels) in documented.items():
+        family = families.get(name)
+        assert family is not None, f"README lists {name}; the server does not export it"
+        assert family.type == kind, (name, family.type)
+        for sample in family.samples:  # labelled metrics show samples once a child exists
+            if not sample.name.endswith(("_created", "_bucket")):
+                assert set(sample.labels) == labels, (name, sample.labels)
+    ours = {name for name in families if name.startswith("inference_")}
+    assert ours == set(documented), "metrics exported but not in the README's table"
 
 
 @pytest.mark.parametrize("rules", RULES, ids=lambda p: p.name)

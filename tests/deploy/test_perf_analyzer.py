@@ -1,5 +1,5 @@
-"""Triton's perf_analyzer (`make perf-analyzer`) against a real server over gRPC and REST: it runs
-unchanged, and the server-side split it prints, read from our statistics (the ModelStatistics RPC,
+"""Triton's perf_analyzer (`make perf-analyzer`) against a real server over gRPC and REST, plain,
+streaming and with its tensors in system shared memory: it runs unchanged, and the server-side split it prints, read from our statistics (the ModelStatistics RPC,
 GET .../stats), accounts for the server's request time. Nothing here asserts how fast anything
 was."""
 
@@ -31,17 +31,27 @@ def perf_analyzer() -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_perf_analyzer_prints_the_server_split(server_factory, protocol):
+MODES = {  # id: (protocol, perf_analyzer's options, the RPC its calls are counted under)
+    "grpc": ("grpc", [], "ModelInfer"),
+    "http": ("http", [], "ModelInfer"),
+    "grpc-streaming": ("grpc", ["--streaming"], "ModelStreamInfer"),
+    "grpc-shared-memory": ("grpc", ["--shared-memory", "system"], "ModelInfer"),
+    "http-shared-memory": ("http", ["--shared-memory", "system"], "ModelInfer"),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_perf_analyzer_prints_the_server_split(server_factory, mode):
+    protocol, options, rpc = MODES[mode]
     server = server_factory(ROOT / "models", "--model", "fashion_cnn")
     address = server.grpc_address if protocol == "grpc" else server.http_address
     before = server.metrics_text()
-    calls = {"model": "fashion_cnn", "rpc": "ModelInfer"}
+    calls = {"model": "fashion_cnn", "rpc": rpc}
     ok_before = metric_value(before, "inference_requests_total", code="OK", **calls)
     all_before = metric_total(before, "inference_requests_total", **calls)
     result = subprocess.run(
         [perf_analyzer(), "-m", "fashion_cnn", "-i", protocol, "-u", address,
-         "--concurrency-range", "1", "--request-count", str(REQUESTS)],
+         "--concurrency-range", "1", "--request-count", str(REQUESTS), *options],
         capture_output=True, text=True, timeout=120)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said

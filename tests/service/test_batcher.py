@@ -34,6 +34,12 @@ def make_scheduler(parsed, runtime, metrics=None):
     return BatchScheduler("m", "1", parsed, runtime, metrics, stats), metrics, stats
 
 
+def sample_value(metrics: Metrics, name: str) -> float:
+    """The value of the one sample called `name` (this scheduler's model and version)."""
+    return next(sample.value for family in metrics.registry.collect()
+                for sample in family.samples if sample.name == name)
+
+
 def histogram_count(metrics: Metrics, name: str, le: str) -> float:
     for family in metrics.registry.collect():
         for sample in family.samples:
@@ -238,15 +244,17 @@ def test_callers_all_queued_do_not_wait_out_the_delay(tmp_path):
             np.testing.assert_array_equal(result["y"], x * 2.0)
 
     async def scenario():
-        scheduler, _, stats = make_scheduler(parsed, runtime)
+        scheduler, metrics, stats = make_scheduler(parsed, runtime)
         async with asyncio.timeout(20):
             await asyncio.gather(*(caller(scheduler, 30) for _ in range(3)))
         await scheduler.close()
-        return stats
+        return metrics, stats
 
-    stats = asyncio.run(scenario())
+    metrics, stats = asyncio.run(scenario())
     assert stats.inference_count == 90
     assert stats.execution_count < 90  # callers that queued together still ran together
+    assert sample_value(metrics, "inference_batch_waits_total") == 0
+    assert sample_value(metrics, "inference_batch_wait_seconds_total") == 0
 
 
 def slow_requests(n: int, work: int = 0) -> list[dict]:
@@ -279,8 +287,10 @@ def test_queued_requests_wait_for_company_only_when_it_pays(tmp_path, fixed_s, b
                                            "preferred_batch_sizes": [4], "max_queue_size": 8})
     parsed, runtime = make_runtime(tmp_path, "slow", slow_graph(), config)
 
+    metrics = Metrics()
+
     async def scenario():
-        scheduler = BatchScheduler("m", "1", parsed, runtime, Metrics(), stats := VersionStats(),
+        scheduler = BatchScheduler("m", "1", parsed, runtime, metrics, stats := VersionStats(),
                                    policy_with_fixed_cost(fixed_s))
         busy = asyncio.ensure_future(scheduler.infer(slow_requests(1, work=20000)[0], 1, None))
         await asyncio.sleep(0)  # the instance takes it
@@ -295,6 +305,9 @@ def test_queued_requests_wait_for_company_only_when_it_pays(tmp_path, fixed_s, b
         return results, stats
 
     results, stats = asyncio.run(scenario())
+    # The metric says which: one batch waited (for the second two), or none did.
+    assert sample_value(metrics, "inference_batch_waits_total") == (1 if fixed_s else 0)
+    assert (sample_value(metrics, "inference_batch_wait_seconds_total") > 0) == bool(fixed_s)
     assert [r["y"][0, 0] for r in results] == [0.0, 1.0, 0.0, 1.0]
     # Waiting pays: the two in hand wait for the next two and all four run as one batch (the
     # target). It does not: the two run at once, and so do the next two.
@@ -305,19 +318,23 @@ def test_queued_requests_wait_for_company_only_when_it_pays(tmp_path, fixed_s, b
 def test_waiting_that_pays_still_ends_at_the_delay(tmp_path):
     config = slow_config(dynamic_batching={"max_queue_delay_us": 50_000, "max_queue_size": 8})
     parsed, runtime = make_runtime(tmp_path, "slow", slow_graph(), config)
+    metrics = Metrics()
 
     async def scenario():
-        scheduler = BatchScheduler("m", "1", parsed, runtime, Metrics(), stats := VersionStats(),
+        scheduler = BatchScheduler("m", "1", parsed, runtime, metrics, stats := VersionStats(),
                                    policy_with_fixed_cost(1.0))
-        busy = asyncio.ensure_future(scheduler.infer(slow_requests(1, work=20000)[0], 1, None))
-        await asyncio.sleep(0)
+        # Two queued together on an idle instance: waiting would pay, but nobody else comes, so
+        # the two wait until 50 ms after the first queued, then run (a timeout here would mean
+        # they waited for ever).
         pending = [asyncio.ensure_future(scheduler.infer(r, 1, None)) for r in slow_requests(2)]
-        # Nobody else comes: the two wait 50 ms for company, then run (a timeout here would
-        # mean they waited for ever).
         async with asyncio.timeout(20):
-            await asyncio.gather(busy, *pending)
+            await asyncio.gather(*pending)
         await scheduler.close()
         return stats
 
     stats = asyncio.run(scenario())
-    assert stats.execution_count == 2 and stats.by_batch_size[2].compute_infer.count == 1
+    assert stats.execution_count == 1 and stats.by_batch_size[2].compute_infer.count == 1
+    assert sample_value(metrics, "inference_batch_waits_total") == 1
+    # It waited out the delay (it ends only when the delay runs out, never sooner: a slow host
+    # can only make the figure larger, and the timeout above bounds it).
+    assert sample_value(metrics, "inference_batch_wait_seconds_total") >= 0.045
