@@ -127,7 +127,7 @@ class Table:
 
     def add(self, step: str, model: str, r: harness.LoadResult, ceiling: dict | None):
         # Counted by the server where it was read: the client's count leaves out the calls that
-        # straddle the window's edges (a third of the work for 4 clients of 0.4 s calls in 1.7 s).
+        # straddle the window's edges (close to half the work for 4 clients of 0.4 s calls in 1.7 s).
         served = r.computed_per_s(model) if r.metrics_after else r.items_per_s
         nan = float("nan")
         ceiling_items = ceiling["items_per_s"] if ceiling else nan

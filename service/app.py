@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 KSERVE_SERVICE = KSERVE.full_name
 TASK_SERVICE = task_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name
+# SERVING while the process answers, whatever its models: for liveness probes, which must not
+# restart a pod that is only not ready. The ':' keeps it apart from every model name.
+LIVENESS_SERVICE = "onnx-serve:live"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -164,6 +167,7 @@ class InferenceServer:
         status = SERVING if self.core.server_ready() else NOT_SERVING
         for service in ("", KSERVE_SERVICE, TASK_SERVICE):
             await self.health.set(service, status)
+        await self.health.set(LIVENESS_SERVICE, SERVING)
         await self.grpc_server.start()
         http_port = -1
         if self.http is not None:

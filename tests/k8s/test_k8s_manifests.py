@@ -413,6 +413,9 @@ def test_ports_and_probes_are_the_servers(live, source):
             assert check["port"] == ports["grpc"], probe
             # The real server answers this exact health service name, and it is SERVING.
             assert live["health"](check.get("service", "")) == "SERVING", probe
+            # Liveness asks only whether the process answers (tests/service/
+            # test_health_reflection.py: it stays SERVING while the server is not ready).
+            assert (check.get("service") == "onnx-serve:live") == (probe == "livenessProbe")
         else:
             assert handler == "httpGet", probe
             assert ports.get(check["port"], check["port"]) == ports["http"], probe

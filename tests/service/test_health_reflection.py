@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
@@ -27,6 +29,14 @@ def server(tmp_path, server_factory):
     return server_factory(tmp_path)
 
 
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def check(channel, service: str) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(service=service), timeout=10).status
@@ -38,6 +48,7 @@ def test_health_overall_and_per_model(server):
         assert check(channel, "inference.GRPCInferenceService") == SERVING
         assert check(channel, "affine") == SERVING
         assert check(channel, "labels") == SERVING
+        assert check(channel, "onnx-serve:live") == SERVING
         with pytest.raises(grpc.RpcError) as info:
             check(channel, "no-such-model")
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -46,6 +57,10 @@ def test_health_overall_and_per_model(server):
             client.unload_model("affine")
             assert check(channel, "affine") == NOT_SERVING
             assert check(channel, "") == NOT_SERVING  # a startup model is missing
+            # Not ready, but alive: a liveness probe must not restart this pod.
+            assert check(channel, "onnx-serve:live") == SERVING
+            assert http_status(f"{server.http_url}/v2/health/live") == 200
+            assert http_status(f"{server.http_url}/v2/health/ready") == 503
             client.load_model("affine")
             assert check(channel, "affine") == SERVING
             assert check(channel, "") == SERVING

@@ -300,6 +300,13 @@ def test_refusals_name_the_region(server, grpc_client, http_client):
         # The server served nothing it should not have: the region still holds the inputs.
         np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.int32, [2, 16]),
                                       np.stack(simple_data()))
+        # One region's status and unregister by name, over REST.
+        assert http_client.get_system_shared_memory_status(name) == [
+            {"name": name, "key": key, "offset": 0, "byte_size": 2 * TENSOR_BYTES}]
+        expect_error(lambda: http_client.get_system_shared_memory_status("nope"), "404",
+                     "shared memory region 'nope' is not registered")
+        http_client.unregister_system_shared_memory(name)
+        assert http_client.get_system_shared_memory_status() == []
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
