@@ -9,6 +9,18 @@ message names and cannot share one Python process with it.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 from service.launcher import (  # noqa: F401 - re-exported for the test modules
     ROOT, ServerProcess, histogram_totals, metric_total, metric_value, start_server, wait_for,
 )
+
+
+def http_status(url: str) -> int:
+    """The HTTP status a GET of `url` answers, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.error
 import urllib.request
 from functools import cache
 from pathlib import Path
@@ -33,7 +32,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from servers import ROOT, start_server, wait_for
+from servers import ROOT, http_status, start_server, wait_for
 from onnx_builders import affine_config, affine_graph, write_model
 
 K8S = ROOT / "deploy" / "k8s"
@@ -376,14 +375,6 @@ def test_manifest_settings_are_real_server_settings(live, monkeypatch):
                 env.setenv(name, value)
             ServerSettings()
     assert live["server"].process.poll() is None  # the CPU overlay's settings start a server
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 @pytest.mark.parametrize("source", ["cpu", "gpu", "cpu+http-probes", *KSERVE])

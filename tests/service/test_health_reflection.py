@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
@@ -16,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from onnx_builders import affine_config, affine_graph, write_model
+from servers import http_status
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -27,14 +26,6 @@ def server(tmp_path, server_factory):
     write_model(tmp_path, "labels", affine_graph(1.0, 0.0), affine_config(
         task={"kind": "classifier", "labels": ["a", "b", "c", "d"], "input_scaling": {"std": 0.5}}))
     return server_factory(tmp_path)
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def check(channel, service: str) -> int:
