@@ -76,8 +76,10 @@ def test_health_and_metadata(client):
     assert not client.is_model_ready("missing")
     metadata = client.get_server_metadata(headers=headers)
     assert metadata["name"] == "onnx-serve"
-    assert {"model_repository", "model_configuration", "statistics"} <= set(
-        metadata["extensions"])
+    # Exactly what is served: gRPC's list (test_kserve_api.py) and the binary tensor format.
+    assert metadata["extensions"] == [
+        "model_repository", "model_configuration", "statistics", "health", "reflection",
+        "system_shared_memory", "classification", "binary_tensor_data"]
     model = client.get_model_metadata("simple", query_params={"test_1": 1, "test_2": 2})
     assert model["name"] == "simple" and model["versions"] == ["1"]
     assert model["platform"] == "onnxruntime_onnx"

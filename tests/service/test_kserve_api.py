@@ -58,12 +58,17 @@ def infer_input(name, array, datatype):
     return tensor
 
 
+GRPC_EXTENSIONS = ["model_repository", "model_configuration", "statistics", "health", "reflection",
+                   "system_shared_memory", "classification"]
+
+
 def test_live_ready_and_server_metadata(client):
     assert client.is_server_live()
     assert client.is_server_ready()
     metadata = client.get_server_metadata()
     assert metadata.name == "onnx-serve"
-    assert {"model_repository", "statistics"} <= set(metadata.extensions)
+    # Exactly what is served, no more (no sequence batching, CUDA shared memory, trace, logging).
+    assert list(metadata.extensions) == GRPC_EXTENSIONS
 
 
 def test_model_ready_by_version(client):
