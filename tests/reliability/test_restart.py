@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -91,6 +92,10 @@ def test_sigterm_under_steady_load_loses_no_admitted_call(tmp_path, server_facto
         wait_for(lambda: metric_value(server.metrics_text(), "inference_inflight_requests",
                                       model="long") == 1, what="long call in flight")
         outcomes.signalled.set()
+        # Calls that began before the flag have this long to reach the server before the signal:
+        # otherwise one sent in the same instant arrives after gRPC stopped taking calls and is
+        # cancelled by gRPC itself, though it counts as under way.
+        time.sleep(0.2)
         server.process.send_signal(15)
         wait_for(lambda: draining(channel), what="readiness flipped")
         assert code_of(long_call) == OK
