@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 from service.launcher import (  # noqa: F401 - re-exported for the test modules
     ROOT, ServerProcess, histogram_totals, metric_total, metric_value, start_server, wait_for,
@@ -24,3 +26,11 @@ def http_status(url: str) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def serving(repo: Path, *flags: str, **kwargs) -> Iterator[ServerProcess]:
+    """A server for a fixture, `yield from serving(repo, ...)`: started with start_server, and
+    after the tests it served, stopped with the exit code a clean drain gives (0)."""
+    process = start_server(repo, *flags, **kwargs)
+    yield process
+    assert process.terminate() == 0

@@ -10,10 +10,19 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from servers import metric_value, wait_for
+
+
+@pytest.fixture
+def client(server):
+    """tritonclient.grpc on the module's `server` fixture; a module takes it with
+    `from support import client`."""
+    with triton.InferenceServerClient(server.grpc_address) as c:
+        yield c
 
 
 def expect_error(call, code: str | grpc.StatusCode, *fragments: str) -> str:

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 from loadtest.payloads import make_inputs, metadata_parameters, signature_from_config
-from servers import ROOT, metric_value, start_server
+from servers import ROOT, metric_value, serving
 from service.core.config import load_model_config
 from service.core.runtime import RuntimeOptions, warmup_runs
 
@@ -55,9 +55,7 @@ def record(figure: str, name: str, value) -> None:
 
 @pytest.fixture(scope="module")
 def server():
-    process = start_server(MODELS)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(MODELS)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import metric_value
+from servers import metric_value, serving
 from onnx_builders import affine_config, affine_graph, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,11 +28,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    from servers import start_server
-
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo)
 
 
 def test_locust_user_sends_model_infer_over_grpc(server, tmp_path):
@@ -65,11 +61,7 @@ TASK_MODELS = ("fashion_mlp", "dcgan", "cdcgan", "espcn_x2", "conv_autoencoder")
 
 @pytest.fixture(scope="module")
 def bundled_server():
-    from servers import start_server
-
-    process = start_server(ROOT / "models", *(a for m in TASK_MODELS for a in ("--model", m)))
-    yield process
-    assert process.terminate() == 0
+    yield from serving(ROOT / "models", *(a for m in TASK_MODELS for a in ("--model", m)))
 
 
 def run_locust(server, prefix: Path, *args: str) -> subprocess.CompletedProcess:

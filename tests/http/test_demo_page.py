@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from loadtest.payloads import fashion_mnist_images
 from rest_client import call, png
-from servers import ROOT, start_server
+from servers import ROOT, serving
 
 MODELS = ROOT / "models"
 SERVED = ("cdcgan", "dcgan", "espcn_x3", "fashion_cnn", "vae_decoder")
@@ -35,9 +35,7 @@ LATENT_RANGE = 3  # the pad spans -3..3 on both axes (demo.js)
 @pytest.fixture(scope="module")
 def server():
     flags = [flag for name in SERVED for flag in ("--model", name)]
-    process = start_server(MODELS, *flags)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(MODELS, *flags)
 
 
 @pytest.fixture(scope="module")
@@ -362,10 +360,8 @@ def test_the_latent_pad_decodes_the_point_clicked_or_dragged_to(demo, server):
 
 @pytest.fixture(scope="module")
 def keyed_server():
-    process = start_server(MODELS, "--model", "fashion_cnn",
-                           env={"ONNXSERVE_API_KEYS": json.dumps([KEY])})
-    yield process
-    assert process.terminate() == 0
+    yield from serving(MODELS, "--model", "fashion_cnn",
+                       env={"ONNXSERVE_API_KEYS": json.dumps([KEY])})
 
 
 def test_with_api_keys_the_page_shows_the_401_and_works_once_given_the_key(browser,

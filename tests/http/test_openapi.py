@@ -21,7 +21,7 @@ from openapi_spec_validator import validate
 
 from onnx_builders import write_task_models
 from rest_client import call, png
-from servers import ROOT, start_server
+from servers import ROOT, serving
 
 KEY = "test-inference-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -36,9 +36,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    process = start_server(repo, env={"ONNXSERVE_API_KEYS": json.dumps([KEY])})
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo, env={"ONNXSERVE_API_KEYS": json.dumps([KEY])})
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from onnx_builders import (
     affine_config, affine_graph, fault_config, fault_graph, slow_config, slow_graph, write_model,
 )
 from rest_client import call, error_of
-from servers import metric_value, start_server, wait_for
+from servers import metric_value, serving, start_server, wait_for
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[], print_blob=True)
@@ -50,9 +50,7 @@ def server(tmp_path_factory):
     (broken / "config.yaml").write_text(json.dumps(affine_config()))
     (broken / "1").mkdir()
     (broken / "1" / "model.onnx").write_bytes(b"not an onnx file")
-    process = start_server(repo, "--max-message-bytes", "200000")
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo, "--max-message-bytes", "200000")
 
 
 # -- the error table -------------------------------------------------------------------------------

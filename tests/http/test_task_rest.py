@@ -22,7 +22,7 @@ from PIL import Image
 
 from onnx_builders import write_task_models
 from rest_client import call, error_of, png
-from servers import ROOT, metric_value, start_server, wait_for
+from servers import ROOT, metric_value, serving, wait_for
 from service._proto import task_service_pb2 as pb
 from service.core.config import load_model_config
 from service.client import TaskClient, to_pil
@@ -48,14 +48,12 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    process = start_server(repo, env={"ONNXSERVE_SR_TILE_SIZE": str(TILE),
-                                      "ONNXSERVE_SR_TILE_OVERLAP": str(OVERLAP),
-                                      "ONNXSERVE_MAX_IMAGES_PER_REQUEST": "32",
-                                      "ONNXSERVE_MAX_GENERATE_COUNT": "20",
-                                      "ONNXSERVE_MAX_IMAGE_PIXELS": "1000000",
-                                      "ONNXSERVE_MAX_MESSAGE_BYTES": str(LIMIT)})
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo, env={"ONNXSERVE_SR_TILE_SIZE": str(TILE),
+                                  "ONNXSERVE_SR_TILE_OVERLAP": str(OVERLAP),
+                                  "ONNXSERVE_MAX_IMAGES_PER_REQUEST": "32",
+                                  "ONNXSERVE_MAX_GENERATE_COUNT": "20",
+                                  "ONNXSERVE_MAX_IMAGE_PIXELS": "1000000",
+                                  "ONNXSERVE_MAX_MESSAGE_BYTES": str(LIMIT)})
 
 
 @pytest.fixture(scope="module")
@@ -619,9 +617,7 @@ def test_the_server_is_live_after_the_fuzzing(server):
 
 @pytest.fixture(scope="module")
 def bundled_server():
-    process = start_server(BUNDLED)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(BUNDLED)
 
 
 # Every bundled model a CPU server serves: the fp16 variants are instance_kind gpu.

@@ -18,7 +18,7 @@ import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from onnx_builders import affine_config, affine_graph, save_graph, write_model
-from servers import ROOT, start_server
+from servers import ROOT, serving
 from service.core.config import load_model_config
 from service.core.datatypes import DATATYPES
 from support import expect_error
@@ -37,9 +37,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo)
 
 
 @pytest.fixture
@@ -283,9 +281,7 @@ def bundled_inputs(model_dir, rng) -> tuple[dict[str, np.ndarray], list[str]]:
 
 @pytest.fixture(scope="module")
 def bundled_server():
-    process = start_server(BUNDLED)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(BUNDLED)
 
 
 # Every bundled model this CPU server serves: the fp16 variants are instance_kind gpu.

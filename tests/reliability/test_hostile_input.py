@@ -21,7 +21,7 @@ from onnx import TensorProto
 from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from servers import start_server
+from servers import serving
 from onnx_builders import (
     affine_config, affine_graph, identity_graph, simple_config, simple_graph, write_model,
     write_task_models,
@@ -68,13 +68,11 @@ def server(tmp_path_factory):
         write_model(repo, name, identity_graph(elem_type), {
             "max_batch_size": 8, "inputs": [{"name": "x", "datatype": datatype, "shape": [4]}],
             "outputs": [{"name": "y", "datatype": datatype, "shape": [4]}]})
-    process = start_server(repo, env={
+    yield from serving(repo, env={
         "ONNXSERVE_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
         "ONNXSERVE_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
         "ONNXSERVE_MAX_IMAGES_PER_REQUEST": "8", "ONNXSERVE_MAX_GENERATE_COUNT": "16",
         "ONNXSERVE_SR_TILE_SIZE": "16", "ONNXSERVE_SR_TILE_OVERLAP": "4"})
-    yield process
-    assert process.terminate() == 0
 
 
 @pytest.fixture(scope="module")

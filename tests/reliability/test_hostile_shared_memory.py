@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from onnx_builders import affine_config, affine_graph, simple_config, simple_graph, write_model
 from reliability_support import CLIENT_STATUSES, ClosedLoop, assert_healthy, fp32_request, output
-from servers import start_server
+from servers import serving
 
 SEGMENT_BYTES = 4096
 # Regions over two segments: (segment, offset, byte_size) by name.
@@ -28,9 +28,7 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("hostile-shm-repo")
     write_model(repo, "simple", simple_graph(), simple_config())
     write_model(repo, "affine", affine_graph(2.0, 1.0), affine_config())
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo)
 
 
 @pytest.fixture(scope="module")

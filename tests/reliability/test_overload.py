@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2_grpc
 
-from servers import metric_value, start_server, wait_for
+from servers import metric_value, serving, wait_for
 from onnx_builders import slow_config, slow_graph, write_model
 from reliability_support import (
     ClosedLoop, QueueWatch, code_of, gauge, output, slow_request, statistics,
@@ -32,9 +32,7 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("overload-repo")
     write_model(repo, "slow", slow_graph(), slow_config())
     write_model(repo, "steady", slow_graph(), slow_config())
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo)
 
 
 @pytest.fixture

@@ -26,8 +26,10 @@ from onnx_builders import (
     affine_config, affine_graph, save_graph, simple_string_graph, slow_config, slow_text_graph,
     string_config, string_identity_graph, write_model,
 )
-from servers import start_server
-from support import expect_error, slow_request, wait_until_computing
+from servers import serving
+from support import (  # noqa: F401 - client is a fixture
+    client, expect_error, slow_request, wait_until_computing,
+)
 
 PBTXT = """name: "string_pbtxt"
 platform: "onnxruntime_onnx"
@@ -58,15 +60,7 @@ def server(tmp_path_factory):
     (repo / "string_pbtxt").mkdir()
     (repo / "string_pbtxt" / "config.pbtxt").write_text(PBTXT)
     save_graph(simple_string_graph(), repo / "string_pbtxt" / "1" / "model.onnx")
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
-
-
-@pytest.fixture
-def client(server):
-    with triton.InferenceServerClient(server.grpc_address) as c:
-        yield c
+    yield from serving(repo)
 
 
 def numbers_as_text(values) -> np.ndarray:

@@ -20,8 +20,8 @@ from onnx_builders import (
     affine_config, affine_graph, brightness_classifier_graph, identity_graph, image_spec,
     save_graph, simple_config, simple_graph, write_model,
 )
-from servers import start_server
-from support import expect_error
+from servers import serving
+from support import client, expect_error  # noqa: F401 - client is a fixture
 
 LABELS = ["bright", "dark", "neutral"]
 PBTXT = """name: "labelled"
@@ -50,15 +50,7 @@ def server(tmp_path_factory):
     write_model(repo, "half", identity_graph(TensorProto.FLOAT16), {
         "max_batch_size": 4, "inputs": [{"name": "x", "datatype": "FP16", "shape": [4]}],
         "outputs": [{"name": "y", "datatype": "FP16", "shape": [4]}]})
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
-
-
-@pytest.fixture
-def client(server):
-    with triton.InferenceServerClient(server.grpc_address) as c:
-        yield c
+    yield from serving(repo)
 
 
 IMAGES = np.stack([np.full((1, 8, 8), 0.9, np.float32), np.full((1, 8, 8), -0.4, np.float32)])

@@ -9,8 +9,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 import grpc
-from servers import start_server
-from support import expect_error
+from servers import serving
+from support import client, expect_error  # noqa: F401 - client is a fixture
 from onnx import TensorProto
 
 from onnx_builders import (
@@ -35,15 +35,7 @@ def server(tmp_path_factory):
         "outputs": [{"name": "y", "datatype": "UINT8", "shape": [4]}]})
     write_model(repo, "labels", affine_graph(1.0, 0.0), affine_config(
         task={"kind": "classifier", "labels": ["a", "b", "c", "d"], "num_classes": 4}))
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
-
-
-@pytest.fixture
-def client(server):
-    with triton.InferenceServerClient(server.grpc_address) as c:
-        yield c
+    yield from serving(repo)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from onnx_builders import (
     brightness_classifier_graph, image_spec, simple_config, simple_graph, slow_config,
     slow_graph, write_model,
 )
-from servers import start_server, wait_for
+from servers import serving, wait_for
 from support import expect_error, wait_until_computing
 
 CUDA_REFUSAL = "CUDA shared memory is not supported by this server; system shared memory is"
@@ -39,9 +39,7 @@ def server(tmp_path_factory):
     write_model(repo, "brightness", brightness_classifier_graph(), {
         "max_batch_size": 4, "inputs": [image_spec("images")],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [3]}]})
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo)
 
 
 @pytest.fixture

@@ -15,8 +15,10 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from onnx_builders import simple_config, simple_graph, slow_config, slow_graph, write_model
-from servers import metric_value, start_server, wait_for
-from support import slow_request, wait_until_computing, wait_until_queued
+from servers import metric_value, serving, wait_for
+from support import (  # noqa: F401 - client is a fixture
+    client, slow_request, wait_until_computing, wait_until_queued,
+)
 
 STREAM = "ModelStreamInfer"
 
@@ -26,15 +28,7 @@ def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("stream-repo")
     write_model(repo, "simple", simple_graph(), simple_config())
     write_model(repo, "slow", slow_graph(), slow_config())
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
-
-
-@pytest.fixture
-def client(server):
-    with triton.InferenceServerClient(server.grpc_address) as c:
-        yield c
+    yield from serving(repo)
 
 
 def requests_total(server, **labels) -> float:

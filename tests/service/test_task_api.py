@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as triton
 from PIL import Image
 
-from servers import ROOT, metric_value, start_server
+from servers import ROOT, metric_value, serving
 from support import expect_error
 from onnx_builders import write_task_models
 from service._proto import task_service_pb2 as pb
@@ -34,14 +34,12 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    process = start_server(repo, env={"ONNXSERVE_SR_TILE_SIZE": str(TILE),
-                                      "ONNXSERVE_SR_TILE_OVERLAP": "4",
-                                      "ONNXSERVE_MAX_IMAGES_PER_REQUEST": "32",
-                                      "ONNXSERVE_MAX_GENERATE_COUNT": "20",
-                                      "ONNXSERVE_MAX_IMAGE_PIXELS": "1000000",
-                                      "ONNXSERVE_MAX_MESSAGE_BYTES": "400000"})
-    yield process
-    assert process.terminate() == 0
+    yield from serving(repo, env={"ONNXSERVE_SR_TILE_SIZE": str(TILE),
+                                  "ONNXSERVE_SR_TILE_OVERLAP": "4",
+                                  "ONNXSERVE_MAX_IMAGES_PER_REQUEST": "32",
+                                  "ONNXSERVE_MAX_GENERATE_COUNT": "20",
+                                  "ONNXSERVE_MAX_IMAGE_PIXELS": "1000000",
+                                  "ONNXSERVE_MAX_MESSAGE_BYTES": "400000"})
 
 
 @pytest.fixture

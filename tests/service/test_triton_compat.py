@@ -21,8 +21,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from servers import ROOT, start_server
-from support import expect_error
+from servers import ROOT, serving
+from support import client, expect_error  # noqa: F401 - client is a fixture
 from proto_fields import extension_layout, message_fields
 from onnx_builders import affine_config, affine_graph, save_graph, write_model
 
@@ -78,15 +78,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    process = start_server(repo)
-    yield process
-    assert process.terminate() == 0
-
-
-@pytest.fixture
-def client(server):
-    with triton.InferenceServerClient(server.grpc_address) as c:
-        yield c
+    yield from serving(repo)
 
 
 def simple_inputs(batch: int = 1):
